@@ -1,0 +1,3 @@
+from langfree.cli import app
+
+app()

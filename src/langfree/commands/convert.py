@@ -1,0 +1,9 @@
+"""CLI commands (owner fills in)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(group: typer.Typer) -> None:
+    pass

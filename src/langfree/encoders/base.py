@@ -1,0 +1,35 @@
+"""The one interface to a joint text-image space (CLIP-like)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class TextImageEncoder(Protocol):
+    """A joint text-image embedding space.
+
+    Contract (every family and metric relies on it):
+      - ``spec``: the string that rebuilds this encoder with ``load_encoder(spec)``; recorded
+        in run configs and snapshots.
+      - ``embed_dim``: D.
+      - ``image_size``: the square input size the image tower expects (resize happens inside).
+      - ``encode_text(list[str]) -> [B, D]`` float32, L2-normalised.
+      - ``encode_image([B, 3, H, W] float in [-1, 1]) -> [B, D]`` float32, L2-normalised; any H, W
+        (resizing and the CLIP mean/std normalisation live only inside the encoder). Does NOT wrap
+        itself in no_grad: gradients flow to the input image (the LAFITE CLIP loss needs that);
+        the encoder's own parameters are frozen (requires_grad False).
+      - ``to(device)`` returns self.
+    """
+
+    spec: str
+    embed_dim: int
+    image_size: int
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor: ...
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> "TextImageEncoder": ...

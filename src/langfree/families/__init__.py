@@ -1,0 +1,1 @@
+"""Model families. Each registers itself in ``langfree.families.registry``."""
