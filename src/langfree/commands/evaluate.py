@@ -1,9 +1,55 @@
-"""CLI commands (owner fills in)."""
+"""``langfree eval``: named metrics of a snapshot against a reference archive."""
 
 from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def evaluate(
+    snapshot: Path = typer.Argument(..., help="Snapshot directory, or a run directory (its latest snapshot)."),
+    metrics: str = typer.Option(..., "--metrics", help="Comma-separated names: fid10k_full, kid10k_full, "
+                                "is10k, clip_score, r_precision, attribute_accuracy, fid500_full, ..."),
+    data: Path = typer.Option(..., "--data", help="Reference archive (.zip); its captions condition generation."),
+    inception: Optional[Path] = typer.Option(None, "--inception", help="Local Inception-v3 2015-12-05 weights "
+                                             "(.pth state dict). Without it FID/KID use the encoder's image "
+                                             "tower (named in the output) and IS is unavailable."),
+    num: Optional[int] = typer.Option(None, "--num", min=2, help="Override the sample count in every name."),
+    seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
+    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec overriding the snapshot's."),
+    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="Attribute evaluator dir (default: "
+                                             "<data>.attribute-evaluator beside the archive, trained once)."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Images per generation / feature batch."),
+    no_write: bool = typer.Option(False, "--no-write", help="Print only; do not append to metrics.jsonl."),
+) -> None:
+    """Compute metrics; prints JSON and appends one line per metric to the run's metrics.jsonl."""
+    from langfree.checkpoint import SnapshotError
+    from langfree.data.archive import ArchiveError
+    from langfree.encoders.clip import EncoderUnavailable
+    from langfree.metrics.extractors import ExtractorUnavailable
+    from langfree.metrics.snapshot import evaluate_snapshot
+
+    try:
+        report = evaluate_snapshot(snapshot, metrics, data, encoder=encoder or "auto",
+                                   inception=str(inception) if inception else None,
+                                   evaluator=str(evaluator) if evaluator else None, num=num,
+                                   seed=seed, batch=batch, write=not no_write,
+                                   log=lambda m: typer.echo(m, err=True))
+    except (SnapshotError, ArchiveError, EncoderUnavailable, ExtractorUnavailable,
+            FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    json.dump(report, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("eval")(evaluate)

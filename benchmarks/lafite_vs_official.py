@@ -1,0 +1,150 @@
+"""Training-step time of langfree's LAFITE networks vs the official ones (drboog/Lafite), on CPU.
+
+    python benchmarks/lafite_vs_official.py --official /path/to/Lafite [--rounds 10] [--threads 1]
+
+Both sides get the identical small config (32 px, fp32) and the same weights (the official
+networks are built first, their tensors converted into langfree's), so their outputs agree; the
+script checks that before timing. One step = the official phases Gmain (adversarial + D-feature
+contrastive "itd"), Dmain (adversarial + itd on reals) and Dreg (R1, here every step instead of
+every 16th, to time the double backward). The two implementations alternate within each round so
+machine load affects both alike. Last line: ``ratio: X`` = official time / langfree time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive(a: torch.Tensor, b: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch on cosine similarity (same for both sides)."""
+    sim = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / tau
+    target = torch.arange(a.shape[0])
+    return 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target))
+
+
+class Side:
+    """One implementation behind a common call signature: G(z, c) -> img, D(img, c) -> (logits, f)."""
+
+    def __init__(self, name, G, D, g_call, d_call):
+        self.name, self.G, self.D = name, G, D
+        self.g_call, self.d_call = g_call, d_call
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=0.0025, betas=(0.0, 0.99))
+
+    def step(self, real: torch.Tensor, z: torch.Tensor, c: torch.Tensor, itd: float = 10.0,
+             gamma: float = 10.0) -> None:
+        G, D = self.G, self.D
+        # Gmain
+        G.requires_grad_(True), D.requires_grad_(False)
+        img = self.g_call(z, c)
+        logits, f = self.d_call(img, c)
+        loss = F.softplus(-logits).mean() + itd * contrastive(f, c)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        # Dmain
+        G.requires_grad_(False), D.requires_grad_(True)
+        with torch.no_grad():
+            img = self.g_call(z, c)
+        logits_fake, _ = self.d_call(img, c)
+        logits_real, f_real = self.d_call(real, c)
+        loss = (F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+                + itd * contrastive(f_real, c))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        # Dreg: R1 penalty (double backward through D)
+        x = real.detach().requires_grad_(True)
+        logits_real, _ = self.d_call(x, c)
+        (grad,) = torch.autograd.grad(logits_real.sum(), x, create_graph=True)
+        (grad.square().sum(dim=(1, 2, 3)).mean() * (gamma / 2)).backward()
+        self.opt_d.step()
+
+
+def build(official: Path, cfg: dict):
+    sys.path.insert(0, str(official))
+    import dnnlib  # noqa: F401  (official)
+    from training.networks import Discriminator as OD
+    from training.networks import Generator as OG
+
+    from langfree.families.lafite.convert import convert_state
+    from langfree.families.lafite.networks import Discriminator, Generator
+
+    torch.manual_seed(0)
+    og = OG(z_dim=cfg["z_dim"], c_dim=0, w_dim=cfg["w_dim"], img_resolution=cfg["res"], img_channels=3,
+            m_layer_features=cfg["c_dim"], mapping_kwargs=dict(num_layers=cfg["mapping_layers"]),
+            synthesis_kwargs=dict(channel_base=cfg["channel_base"], channel_max=cfg["channel_max"],
+                                  f_dim=cfg["c_dim"], change=cfg["res"], conv_clamp=None))
+    od = OD(c_dim=0, img_resolution=cfg["res"], img_channels=3, channel_base=cfg["channel_base"],
+            channel_max=cfg["channel_max"],
+            epilogue_kwargs=dict(f_dim=cfg["c_dim"], mbstd_group_size=4))
+    G = Generator(z_dim=cfg["z_dim"], c_dim=cfg["c_dim"], w_dim=cfg["w_dim"], img_resolution=cfg["res"],
+                  channel_base=cfg["channel_base"], channel_max=cfg["channel_max"],
+                  mapping_layers=cfg["mapping_layers"], change_resolution=cfg["res"])
+    D = Discriminator(c_dim=cfg["c_dim"], img_resolution=cfg["res"], channel_base=cfg["channel_base"],
+                      channel_max=cfg["channel_max"], projection="batch_sum")
+    states = convert_state(og.state_dict(), od.state_dict())
+    G.load_state_dict(states["G"]), D.load_state_dict(states["D"])
+    official_side = Side("official", og, od,
+                         lambda z, c: og(z, None, fts=c, noise_mode="none"),
+                         lambda img, c: (lambda o: (o[0].squeeze(1), o[1]))(od(img, None, fts=c)))
+    langfree_side = Side("langfree", G, D,
+                         lambda z, c: G(z, c, noise_mode="none"), lambda img, c: D(img, c))
+    return official_side, langfree_side
+
+
+def check_agreement(a: Side, b: Side, z, c, real) -> float:
+    with torch.no_grad():
+        ia, ib = a.g_call(z, c), b.g_call(z, c)
+        la, lb = a.d_call(real, c)[0], b.d_call(real, c)[0]
+    return max((ia - ib).abs().max().item(), (la - lb).abs().max().item())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--official", required=True, type=Path, help="path to a drboog/Lafite checkout")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--channel-max", type=int, default=128)
+    args = ap.parse_args()
+    if not (args.official / "training" / "networks.py").is_file():
+        sys.exit(f"--official {args.official}: no training/networks.py there; pass a drboog/Lafite checkout")
+    torch.set_num_threads(args.threads)
+    cfg = dict(res=32, z_dim=512, w_dim=512, c_dim=512, mapping_layers=8, channel_base=2048,
+               channel_max=args.channel_max)
+    official, langfree = build(args.official, cfg)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    print(f"config {cfg}, batch {args.batch}, threads {args.threads}")
+    print(f"params official G {n(official.G)/1e6:.2f} M D {n(official.D)/1e6:.2f} M | "
+          f"langfree G {n(langfree.G)/1e6:.2f} M D {n(langfree.D)/1e6:.2f} M")
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(args.batch, cfg["z_dim"], generator=g)
+    c = F.normalize(torch.randn(args.batch, cfg["c_dim"], generator=g), dim=1)
+    real = torch.rand(args.batch, 3, cfg["res"], cfg["res"], generator=g) * 2 - 1
+    print(f"max |official - langfree| before training (G image, D logit): "
+          f"{check_agreement(official, langfree, z, c, real):.2e}")
+    for side in (official, langfree):  # warm-up (allocator, oneDNN primitive caches)
+        side.step(real, z, c)
+    times = {"official": [], "langfree": []}
+    for r in range(args.rounds):
+        for side in ((official, langfree) if r % 2 == 0 else (langfree, official)):
+            t0 = time.perf_counter()
+            side.step(real, z, c)
+            times[side.name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:9s} step (G + D + R1): median {v*1000:7.1f} ms over {args.rounds} rounds")
+    print(f"ratio: {med['official'] / med['langfree']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

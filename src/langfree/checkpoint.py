@@ -1,0 +1,252 @@
+"""Inference snapshots: data only (safetensors + JSON), never pickle.
+
+A snapshot directory holds:
+  - ``manifest.json``: format, version, family name, kimg, langfree version, module names, extra
+  - ``config.json``: ``{"family": name, "config": <family config dict>, "encoder": spec | null}``
+    (enough to rebuild the family through ``langfree.families.registry``)
+  - ``<module>.safetensors``: one file per entry of ``family.modules()``
+  - ``grid.png`` (optional): the preview grid at that point of training
+
+Every write is atomic: files go to a hidden temp directory beside the target, which is renamed
+into place only when complete, so a crash mid-save never leaves a half snapshot under the real
+name (the previous snapshots stay loadable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langfree import __version__
+
+FORMAT = "langfree-snapshot"
+FORMAT_VERSION = 1
+_SNAPSHOT_RE = re.compile(r"^snapshot-(\d+(?:\.\d+)?)$")
+
+
+class SnapshotError(ValueError):
+    """A snapshot path or file is missing or malformed; the message says what to do."""
+
+
+# ---------------------------------------------------------------- atomic file helpers
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp directory; on success it replaces ``target`` (rename is atomic).
+
+    An existing ``target`` is moved aside first and deleted after the new one is in place; on
+    an exception the temp directory is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)  # rename() cannot replace a non-empty directory
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (temp file + os.replace)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors file of CPU copies. Cloning breaks shared/tied storage, which safetensors
+    refuses to save (tied weights then load twice with the same value)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise SnapshotError(f"missing tensor file {path}; the snapshot or state is incomplete")
+    return load_file(str(path), device=str(device))
+
+
+def save_image_grid(path: str | os.PathLike, images: torch.Tensor, nrow: int | None = None) -> None:
+    """[B, 3, H, W] in [-1, 1] -> one PNG grid (atomic)."""
+    import math
+
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"preview must return [B, 3, H, W] images, got shape {tuple(images.shape)}"
+        )
+    b, _, h, w = images.shape
+    cols = nrow or math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    pixels = ((images.detach().float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    grid = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(b):
+        r, c = divmod(i, cols)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.png"
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def _config_dict(family: Any) -> dict[str, Any]:
+    from langfree.config import to_dict
+
+    encoder = getattr(family, "encoder", None)
+    return {
+        "family": family.name,
+        "config": to_dict(family.config),
+        "encoder": getattr(encoder, "spec", None) if encoder is not None else None,
+    }
+
+
+def save_snapshot(
+    dirpath: str | os.PathLike,
+    family: Any,
+    kimg: float,
+    extra: dict | None = None,
+    grid: torch.Tensor | None = None,
+) -> Path:
+    """Write ``family``'s modules as an inference snapshot at ``dirpath`` (atomic).
+
+    ``grid``: optional [B, 3, H, W] preview images in [-1, 1], saved as grid.png.
+    """
+    modules = family.modules()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "family": family.name,
+        "kimg": float(kimg),
+        "langfree_version": __version__,
+        "modules": sorted(modules),
+        "extra": extra or {},
+    }
+    with atomic_dir(dirpath) as tmp:
+        for name, module in modules.items():
+            save_tensors(tmp / f"{name}.safetensors", module.state_dict())
+        write_json(tmp / "config.json", _config_dict(family))
+        if grid is not None:
+            save_image_grid(tmp / "grid.png", grid)
+        write_json(tmp / "manifest.json", manifest)  # last: its presence marks completeness
+    return Path(dirpath)
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise SnapshotError(
+            f"{path} is not a langfree snapshot (no manifest.json); pass a "
+            "snapshot directory or a run directory containing snapshots/"
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise SnapshotError(
+            f"{path}/manifest.json: format {manifest.get('format')!r} is not "
+            f"{FORMAT!r}; convert official checkpoints with `langfree convert`"
+        )
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise SnapshotError(
+            f"{path}: snapshot format version {manifest['format_version']} is "
+            f"newer than this langfree ({FORMAT_VERSION}); upgrade langfree"
+        )
+    return manifest
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete snapshots under ``run_dir/snapshots`` ordered by kimg (temp dirs skipped)."""
+    root = Path(run_dir) / "snapshots"
+    found = []
+    for p in root.iterdir() if root.is_dir() else []:
+        m = _SNAPSHOT_RE.match(p.name)
+        if m and (p / "manifest.json").is_file():
+            found.append((float(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_snapshot(path_or_rundir: str | os.PathLike) -> Path:
+    """A snapshot dir is returned as is; a run dir resolves to its latest snapshot."""
+    path = Path(path_or_rundir)
+    if (path / "manifest.json").is_file():
+        return path
+    if not path.exists():
+        raise SnapshotError(f"snapshot path {path} does not exist")
+    snaps = list_snapshots(path)
+    if not snaps:
+        raise SnapshotError(
+            f"no snapshot found in {path}: pass a snapshot directory (with "
+            "manifest.json) or a run directory with snapshots/snapshot-*"
+        )
+    return snaps[-1]
+
+
+def _load_encoder(spec: str | None, encoder: Any, device: str | torch.device) -> Any:
+    if encoder is None:
+        return None
+    if isinstance(encoder, str) and encoder != "auto":
+        spec = encoder
+    elif encoder != "auto":
+        return encoder  # an encoder object
+    if spec is None:
+        return None
+    from langfree.encoders import load_encoder
+
+    return load_encoder(spec, device=str(device))
+
+
+def load_snapshot(
+    path: str | os.PathLike, encoder: Any = "auto", device: str | torch.device = "cpu"
+) -> Any:
+    """Rebuild the family of a snapshot (or of a run dir's latest snapshot) with its weights.
+
+    encoder: "auto" loads the recorded spec; None builds without one; a spec string or an
+    encoder object is used as given.
+    """
+    from langfree.config import from_dict
+    from langfree.families.registry import get_family
+
+    path = resolve_snapshot(path)
+    manifest = read_manifest(path)
+    cfg = json.loads((path / "config.json").read_text())
+    cls = get_family(cfg["family"])
+    family = cls(
+        from_dict(cls.Config, cfg["config"]), _load_encoder(cfg.get("encoder"), encoder, device)
+    )
+    modules = family.modules()
+    missing = sorted(set(manifest["modules"]) ^ set(modules))
+    if missing:
+        raise SnapshotError(
+            f"{path}: modules {missing} differ between the snapshot and family "
+            f"{cfg['family']!r}; the snapshot was written by another version"
+        )
+    for name, module in modules.items():
+        module.load_state_dict(load_tensors(path / f"{name}.safetensors"))
+        module.to(device)
+    return family

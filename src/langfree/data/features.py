@@ -1,0 +1,261 @@
+"""Precomputed CLIP-space embeddings of an archive's images and captions (a sidecar file).
+
+Families train on embeddings, not on the encoder: image embeddings (language-free conditioning)
+and caption embeddings (standard conditioning) are computed once per (archive, encoder) and
+stored next to the archive::
+
+    DATA.zip
+    DATA.features-<fingerprint>.safetensors   image_emb [N, D], caption_emb [M, D] float32 (unit
+                                              norm), caption_offsets [N+1] int64; metadata: spec,
+                                              fingerprint, archive digest, format version
+
+Captions of image i are rows ``caption_offsets[i]:caption_offsets[i+1]`` of ``caption_emb``.
+The fingerprint hashes what the encoder computes (its weights and kind), not where its files live,
+so moving an encoder directory keeps its sidecars valid. The archive digest (zip member names,
+sizes and CRCs) makes a rebuilt archive invalidate its old sidecar.
+
+Interrupting ``encode_archive`` loses at most one chunk: finished chunks are kept in
+``<sidecar>.partial/`` and reused by the next run; the sidecar itself appears atomically at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+FORMAT = "langfree-features"
+VERSION = 1
+CHUNK_IMAGES = 4096  # images per resumable chunk: ~2 MB of embeddings at D = 128
+
+
+def encoder_fingerprint(encoder) -> str:
+    """16 hex digits naming what an encoder computes: its identity (model kind, without file
+    paths; the spec for foreign encoders) plus a hash of its weights."""
+    identity = getattr(encoder, "identity", None) or encoder.spec
+    weights = encoder.weights_hash() if hasattr(encoder, "weights_hash") else ""
+    text = f"{identity}|{weights}|{encoder.embed_dim}|{encoder.image_size}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def archive_digest(archive_path: str | os.PathLike) -> str:
+    """Content digest of a zip from its central directory (names, sizes, CRC-32s): cheap, and it
+    changes when any image or dataset.json changes."""
+    h = hashlib.sha256()
+    with zipfile.ZipFile(archive_path) as z:
+        for info in sorted(z.infolist(), key=lambda i: i.filename):
+            h.update(f"{info.filename}:{info.file_size}:{info.CRC};".encode())
+    return h.hexdigest()[:16]
+
+
+def sidecar_path(archive_path: str | os.PathLike, encoder) -> Path:
+    archive_path = Path(archive_path)
+    return archive_path.with_name(f"{archive_path.stem}.features-{encoder_fingerprint(encoder)}.safetensors")
+
+
+@dataclass
+class Features:
+    """Embeddings of one archive under one encoder (all float32, L2-normalised rows)."""
+
+    image_emb: torch.Tensor  # [N, D]
+    caption_emb: torch.Tensor  # [M, D], captions of all images, concatenated in image order
+    caption_offsets: torch.Tensor  # [N + 1] int64
+    fingerprint: str
+    spec: str
+    path: Path
+
+    def __len__(self) -> int:
+        return self.image_emb.shape[0]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image_emb.shape[1]
+
+    def captions_of(self, i: int) -> torch.Tensor:
+        """[k, D] embeddings of image i's captions (k may be 0)."""
+        return self.caption_emb[self.caption_offsets[i]:self.caption_offsets[i + 1]]
+
+
+def _resolve_encoder(encoder):
+    if isinstance(encoder, str):
+        from langfree.encoders import load_encoder
+
+        return load_encoder(encoder)
+    return encoder
+
+
+def _valid(path: Path, fingerprint: str, digest: str) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # unreadable or truncated: recompute
+        return False
+    return (meta.get("format") == FORMAT and meta.get("version") == str(VERSION)
+            and meta.get("fingerprint") == fingerprint and meta.get("archive_digest") == digest)
+
+
+@torch.no_grad()
+def _encode_chunk(archive, encoder, start: int, stop: int, batch_size: int, bar) -> dict:
+    image_emb, texts = [], []
+    for s in range(start, stop, batch_size):
+        idx = range(s, min(s + batch_size, stop))
+        images = archive.images(idx).to(encoder.device).float() / 127.5 - 1  # [B, 3, H, W] in [-1, 1]
+        image_emb.append(encoder.encode_image(images).cpu())  # [B, D]
+        texts.extend(c for i in idx for c in archive.captions(i))
+        bar.update(len(idx))
+    caption_emb = [encoder.encode_text(texts[s:s + batch_size]).cpu()
+                   for s in range(0, len(texts), batch_size)]
+    return {"image_emb": torch.cat(image_emb).float().contiguous(),
+            "caption_emb": (torch.cat(caption_emb) if caption_emb
+                            else torch.zeros(0, encoder.embed_dim)).float().contiguous()}
+
+
+def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 256,
+                   progress: bool | None = None, chunk_images: int = CHUNK_IMAGES) -> Path:
+    """Compute (or reuse) the sidecar of ``archive_path`` under ``encoder``; returns its path.
+
+    ``encoder``: a TextImageEncoder or a spec string. ``progress=None`` shows a bar on a terminal.
+    """
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from langfree.data.archive import ImageArchive
+
+    encoder = _resolve_encoder(encoder)
+    archive = ImageArchive(archive_path)
+    fingerprint, digest = encoder_fingerprint(encoder), archive_digest(archive.path)
+    dest = sidecar_path(archive.path, encoder)
+    if dest.is_file() and _valid(dest, fingerprint, digest):
+        return dest
+    if batch_size < 1 or chunk_images < 1:
+        raise ValueError(f"batch_size and chunk_images must be >= 1 (got {batch_size}, {chunk_images})")
+
+    partial = dest.with_name(dest.name + ".partial")
+    stamp = {"fingerprint": fingerprint, "archive_digest": digest, "chunk_images": chunk_images}
+    if partial.is_dir() and _read_json(partial / "stamp.json") != stamp:
+        shutil.rmtree(partial)  # chunks of another archive version or chunking: start over
+    partial.mkdir(exist_ok=True)
+    _write_atomic(partial / "stamp.json", json.dumps(stamp).encode())
+
+    n = len(archive)
+    chunks = []
+    with tqdm(total=n, desc=f"encode {archive.path.name}", unit="img",
+              disable=None if progress is None else not progress) as bar:
+        for start in range(0, n, chunk_images):
+            stop = min(start + chunk_images, n)
+            chunk_file = partial / f"chunk-{start:09d}.safetensors"
+            if chunk_file.is_file():
+                try:
+                    chunks.append(load_file(str(chunk_file)))
+                    bar.update(stop - start)
+                    continue
+                except Exception:  # a damaged chunk is recomputed
+                    chunk_file.unlink()
+            chunk = _encode_chunk(archive, encoder, start, stop, batch_size, bar)
+            _save_atomic(save_file, chunk, chunk_file)
+            chunks.append(chunk)
+
+    counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(n)], dtype=torch.int64)
+    tensors = {"image_emb": torch.cat([c["image_emb"] for c in chunks]),
+               "caption_emb": torch.cat([c["caption_emb"] for c in chunks]),
+               "caption_offsets": torch.cumsum(counts, 0)}
+    meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint,
+            "archive_digest": digest, "spec": encoder.spec, "count": str(n)}
+    _save_atomic(save_file, tensors, dest, metadata=meta)
+    shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+def load_features(archive_path: str | os.PathLike, encoder, batch_size: int = 256,
+                  progress: bool | None = None) -> Features:
+    """The archive's embeddings under ``encoder`` (a TextImageEncoder or spec), computed first
+    if the sidecar is absent or stale."""
+    from safetensors import safe_open
+
+    encoder = _resolve_encoder(encoder)
+    path = encode_archive(archive_path, encoder, batch_size=batch_size, progress=progress)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        t = {k: f.get_tensor(k) for k in f.keys()}
+    return Features(image_emb=t["image_emb"], caption_emb=t["caption_emb"],
+                    caption_offsets=t["caption_offsets"], fingerprint=meta["fingerprint"],
+                    spec=meta["spec"], path=path)
+
+
+def caption_choice(seed: int, epoch: int, index: int, count: int) -> int:
+    """Which of ``count`` captions image ``index`` uses in ``epoch``: a pure function of its
+    arguments (a keyed hash), so batches are reproducible after resume and across workers."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % count
+
+
+class ConditionedDataset(torch.utils.data.Dataset):
+    """Archive images with their precomputed embeddings, for the training loop.
+
+    ``ds[key]`` -> {"image": uint8 [3, H, W], "index": int, "image_emb": float32 [D],
+    "text_emb": float32 [D], "has_caption": bool}, ``index = key % N``, ``epoch = key // N``.
+    ``text_emb`` is one caption's embedding, chosen by ``caption_choice(seed, epoch, index)``;
+    an image without captions gives zeros and ``has_caption`` False (never a random vector
+    posing as text, the official LAFITE loader's silent fallback).
+    """
+
+    def __init__(self, archive, features: Features, seed: int = 0) -> None:
+        if isinstance(archive, (str, os.PathLike)):
+            from langfree.data.archive import ImageArchive
+
+            archive = ImageArchive(archive)
+        if len(features) != len(archive):
+            raise ValueError(f"features {features.path} hold {len(features)} images but archive "
+                             f"{archive.path} has {len(archive)}; recompute with 'langfree encode'")
+        self.archive, self.features, self.seed = archive, features, int(seed)
+        self._zeros = torch.zeros(features.embed_dim, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.archive)
+
+    def __getitem__(self, key: int) -> dict:
+        n = len(self.archive)
+        index, epoch = int(key) % n, int(key) // n
+        item = self.archive[index]
+        first, stop = self.features.caption_offsets[index:index + 2].tolist()
+        if stop > first:
+            text_emb = self.features.caption_emb[first + caption_choice(self.seed, epoch, index, stop - first)]
+        else:
+            text_emb = self._zeros
+        return {"image": item["image"], "index": index, "image_emb": self.features.image_emb[index],
+                "text_emb": text_emb, "has_caption": stop > first}
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_atomic(save_file, tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,125 @@
+"""LafiteConfig: the single source of truth for a LAFITE model, and its preset registry.
+
+Legend (paper / official option -> field here):
+  --itd  (image-text contrastive through D's semantic head)   -> d_contrastive_weight
+  --itc  (image-text contrastive through CLIP of fakes)       -> clip_contrastive_weight
+  --temp (τ of the contrastive loss)                          -> temperature
+  --gamma (R1 γ)                                              -> r1_gamma
+  --mixing_prob (1 = language-free, 0 = standard)             -> mixing_prob
+  aug_level_2 = 0.75 / 1 - aug_level_2 = 0.25 (pseudo text)   -> image_noise / image_weight
+  aug_level_1 = 0.1  / 1 - aug_level_1 = 0.9  (real captions) -> text_noise / text_weight
+  --change (scale/bias style form above this resolution)      -> change_resolution
+REFERENCE.md §2 has the facts and where they come from in drboog/Lafite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+CONDITIONING_MODES = ("gaussian", "learned", "none")
+CONTRASTIVE_FORMS = ("infonce", "official_exp_cos")
+D_PROJECTIONS = ("per_sample", "batch_sum")
+CLIP_VIEWS = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class LafiteConfig:
+    # --- networks (REFERENCE §2: 256 px defaults give G 45.0 M + D 29.1 M parameters)
+    resolution: int = 256
+    z_dim: int = 512
+    w_dim: int = 512
+    c_dim: int = 512              # = encoder.embed_dim (the CLI fills it from the encoder)
+    channel_base: int = 32768     # channels at resolution r: min(channel_base // r, channel_max)
+    channel_max: int = 512
+    mapping_layers: int = 8
+    change_resolution: int = 256  # layers above this use style = bias(h) + affine(w)·scale(h)
+    d_projection: str = "per_sample"  # paper's ⟨f_s(x_i), h_i⟩; "batch_sum" = official code
+    mbstd_group_size: int = 4
+    conv_clamp: int | None = None
+
+    # --- conditioning: what h (the "text" feature G and D see) is during training
+    conditioning: str = "gaussian"  # gaussian (LAFITE-G) | learned (LAFITE-NN) | none (h = î)
+    image_weight: float = 0.25      # h̃ = normalize(image_weight·î + image_noise·ε̂), cos ≈ 0.32
+    image_noise: float = 0.75
+    text_weight: float = 0.9        # t̃ = normalize(text_weight·t̂ + text_noise·ε̂)
+    text_noise: float = 0.1
+    mixing_prob: float = 1.0        # per sample: P(pseudo feature) vs real caption feature
+    perturb_path: str | None = None  # trained perturbation (langfree train lafite-perturb)
+    perturb_hidden: int = 1024      # LAFITE-NN MLP widths (official 512→1024→1024→1024→512)
+    perturb_layers: int = 4
+
+    # --- losses
+    temperature: float = 0.5
+    d_contrastive_weight: float = 10.0     # itd
+    clip_contrastive_weight: float = 10.0  # itc
+    contrastive_form: str = "infonce"      # or "official_exp_cos" (see loss.contrastive_loss)
+    contrastive_lambda: float = 0.5        # weight of the fake→condition direction (official lam)
+    clip_view: str = "auto"                # auto: official pad/crop to a ≥224-px CLIP; none
+    r1_gamma: float = 10.0
+    pl_weight: float = 2.0                 # 0 disables the Greg phase
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    style_mixing: float = 0.9
+    mirror: bool = True                    # x-flip reals; their features are NOT flipped
+
+    # --- optimiser
+    lr: float = 0.0025
+    betas: tuple[float, float] = (0.0, 0.99)
+    g_reg_interval: int = 4
+    d_reg_interval: int = 16
+    ema_kimg: float | None = None          # G_ema half-life; None = official 10 · batch / 32
+
+    def __post_init__(self) -> None:
+        _choice("conditioning", self.conditioning, CONDITIONING_MODES)
+        _choice("contrastive_form", self.contrastive_form, CONTRASTIVE_FORMS)
+        _choice("d_projection", self.d_projection, D_PROJECTIONS)
+        _choice("clip_view", self.clip_view, CLIP_VIEWS)
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            raise ValueError(f"resolution={self.resolution}: must be a power of two >= 4")
+        if not 0.0 <= self.mixing_prob <= 1.0:
+            raise ValueError(f"mixing_prob={self.mixing_prob}: must be in [0, 1] "
+                             "(1 = language-free, 0 = standard)")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature}: must be > 0")
+        for name in ("g_reg_interval", "d_reg_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+
+    def replace(self, **changes) -> "LafiteConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(allowed)}")
+
+
+# Presets: named, reviewed configurations (STYLE: presets live in a registry, not in flags).
+PRESETS: dict[str, LafiteConfig] = {
+    # The paper's model at 256 px (≈ 45 M G + 29 M D) with the official README's language-free
+    # example (itd = itc = 20, τ 0.5, γ 10, mirror).
+    "coco256": LafiteConfig(d_contrastive_weight=20.0, clip_contrastive_weight=20.0),
+    # MM-CelebA-HQ at 256 px: same networks; no published per-dataset weights, so the seed
+    # command's itd = itc = 10. Faces are mirror-symmetric, so x-flip stays on.
+    "mmceleba256": LafiteConfig(),
+    # This machine: 32-px shapes, small widths, strong conditioning (see benchmarks/
+    # lafite_ablation.py and the quickstart for what it reaches). No mirror: the captions name
+    # left/right positions, and a flipped image with an unflipped feature would teach G to
+    # ignore them. No path-length regulariser: it costs a G pass every 4 steps for a smoothness
+    # that does not show at 32 px.
+    "shapes32": LafiteConfig(
+        resolution=32, z_dim=64, w_dim=128, channel_base=2048, channel_max=64,
+        mapping_layers=2, change_resolution=32, mbstd_group_size=4,
+        image_weight=0.5, image_noise=0.5, perturb_hidden=256,
+        temperature=0.1, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
+        r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0, mirror=False,
+        lr=0.002, ema_kimg=1.0,
+    ),
+}
+
+
+def preset(name: str) -> LafiteConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown LAFITE preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]

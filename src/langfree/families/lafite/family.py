@@ -1,0 +1,216 @@
+"""LafiteFamily: LAFITE (StyleGAN2 conditioned on CLIP features) on the one training loop.
+
+Modules: G, G_ema, D (+ perturb for LAFITE-NN, + G_pl holding the path-length mean when the
+path-length regulariser is on). Phases (StyleGAN2 lazy regularisation):
+G every step, Greg every g_reg_interval (if pl_weight > 0), D every step, Dreg every
+d_reg_interval (if r1_gamma > 0). Losses are in loss.py, the condition h in conditioning.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from langfree.families.base import LossOutput, Phase
+from langfree.families.lafite import loss as losses
+from langfree.families.lafite.conditioning import condition_features
+from langfree.families.lafite.config import LafiteConfig
+from langfree.families.lafite.perturb import PerturbNet
+
+
+class _PathLengthMean(nn.Module):
+    """The running mean of path lengths (StyleGAN2), a buffer so snapshots and resume keep it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pl_mean", torch.zeros([]))
+
+
+def build_networks(config: LafiteConfig) -> tuple[nn.Module, nn.Module]:
+    from langfree.families.lafite.networks import Discriminator, Generator
+
+    G = Generator(z_dim=config.z_dim, c_dim=config.c_dim, w_dim=config.w_dim,
+                  img_resolution=config.resolution, img_channels=3,
+                  channel_base=config.channel_base, channel_max=config.channel_max,
+                  mapping_layers=config.mapping_layers,
+                  change_resolution=config.change_resolution, conv_clamp=config.conv_clamp)
+    D = Discriminator(c_dim=config.c_dim, img_resolution=config.resolution, img_channels=3,
+                      channel_base=config.channel_base, channel_max=config.channel_max,
+                      mbstd_group_size=config.mbstd_group_size, projection=config.d_projection)
+    return G, D
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class LafiteFamily:
+    name: ClassVar[str] = "lafite"
+    Config: ClassVar[type] = LafiteConfig
+
+    def __init__(self, config: LafiteConfig, encoder=None):
+        if encoder is not None and encoder.embed_dim != config.c_dim:
+            raise ValueError(f"LAFITE c_dim={config.c_dim} but the encoder {encoder.spec!r} gives "
+                             f"{encoder.embed_dim}-d features; set c_dim={encoder.embed_dim}")
+        self.config = config
+        self.encoder = encoder
+        self.G, self.D = build_networks(config)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.perturb: PerturbNet | None = None
+        if config.conditioning == "learned":
+            # Weights come from load_perturbation (the CLI) or from a snapshot; the constructor
+            # reads no files.
+            self.perturb = PerturbNet(config.c_dim, config.perturb_hidden,
+                                      config.perturb_layers).eval().requires_grad_(False)
+        self.pl_state = _PathLengthMean() if config.pl_weight > 0 else None
+        self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+
+    # ----------------------------------------------------------------- protocol: structure
+    @property
+    def needs(self) -> frozenset[str]:
+        return frozenset({"image", "image_emb", "text_emb", "has_caption"})
+
+    def default_ema_kimg(self, batch: int) -> float:
+        """G_ema half-life in kimg: the config's, else the official 10 · batch / 32."""
+        return self.config.ema_kimg if self.config.ema_kimg is not None else 10.0 * batch / 32
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"G": self.G, "G_ema": self.G_ema, "D": self.D}
+        if self.perturb is not None:
+            mods["perturb"] = self.perturb
+        if self.pl_state is not None:
+            mods["G_pl"] = self.pl_state
+        return mods
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return [("G", "G_ema")]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            cfg = self.config
+            self._optimizers = {
+                "G": self._adam(self.G, cfg.g_reg_interval if cfg.pl_weight > 0 else 1),
+                "D": self._adam(self.D, cfg.d_reg_interval if cfg.r1_gamma > 0 else 1),
+            }
+        return self._optimizers
+
+    def _adam(self, net: nn.Module, reg_interval: int) -> torch.optim.Optimizer:
+        # Lazy regularisation (StyleGAN2 App. B): the regulariser's extra steps are folded into
+        # lr and betas so the effective averaging horizon matches a non-lazy schedule.
+        ratio = reg_interval / (reg_interval + 1)
+        beta1, beta2 = self.config.betas
+        return torch.optim.Adam(net.parameters(), lr=self.config.lr * ratio,
+                                betas=(beta1 ** ratio, beta2 ** ratio), eps=1e-8)
+
+    def phases(self) -> list[Phase]:
+        cfg = self.config
+        out = [Phase("G", ("G",), "G", 1)]
+        if cfg.pl_weight > 0:
+            out.append(Phase("Greg", ("G",), "G", cfg.g_reg_interval))
+        out.append(Phase("D", ("D",), "D", 1))
+        if cfg.r1_gamma > 0:
+            out.append(Phase("Dreg", ("D",), "D", cfg.d_reg_interval))
+        return out
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {"G": count_parameters(self.G), "D": count_parameters(self.D)}
+        if self.perturb is not None:
+            counts["perturb"] = count_parameters(self.perturb)
+        return counts
+
+    # ------------------------------------------------------------------- conditioning
+    def load_perturbation(self, path) -> dict:
+        """Load LAFITE-NN weights trained by ``langfree train lafite-perturb``."""
+        from langfree.families.lafite.perturb import load_perturbation
+
+        if self.perturb is None:
+            raise ValueError("load_perturbation: this model's conditioning is "
+                             f"{self.config.conditioning!r}, not 'learned'")
+        net, meta = load_perturbation(path, dim=self.config.c_dim)
+        if (meta["hidden"], meta["layers"]) != (self.config.perturb_hidden,
+                                                self.config.perturb_layers):
+            raise ValueError(f"{path}: perturbation widths hidden={meta['hidden']} "
+                             f"layers={meta['layers']} differ from the config's; pass "
+                             f"--set perturb_hidden={meta['hidden']} "
+                             f"--set perturb_layers={meta['layers']}")
+        self.perturb.load_state_dict(net.state_dict())
+        return meta
+
+    # ---------------------------------------------------------------------- training
+    def loss(self, phase: Phase, nets: dict[str, nn.Module], batch: dict[str, Any],
+             step: int) -> LossOutput:
+        cfg = self.config
+        h = condition_features(cfg, batch, nets.get("perturb", self.perturb))        # [B, c] unit
+        if phase.name == "G":
+            self._encoder_to(h.device)
+            loss, stats = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder, h)
+        elif phase.name == "Greg":
+            loss, stats = losses.path_length_loss(cfg, nets["G"], h, nets.get("G_pl", self.pl_state).pl_mean)
+        elif phase.name == "D":
+            loss, stats = losses.discriminator_loss(cfg, nets["G"], nets["D"],
+                                                    self._reals(batch), h)
+        elif phase.name == "Dreg":
+            loss, stats = losses.r1_loss(cfg, nets["D"], self._reals(batch), h)
+        else:
+            raise ValueError(f"LAFITE has no phase {phase.name!r}")
+        stats["h/cos_image"] = (h * F.normalize(batch["image_emb"].float(), dim=-1)).sum(-1).mean()
+        return LossOutput(loss, stats)
+
+    def _reals(self, batch: dict[str, Any]) -> torch.Tensor:
+        real = batch["image"]                                           # [B, 3, R, R] in [-1, 1]
+        if real.shape[-1] != self.config.resolution:
+            raise ValueError(f"batch images are {real.shape[-1]} px, the model is "
+                             f"{self.config.resolution} px; use an archive at that resolution")
+        if self.config.mirror:
+            # x-flip half the reals; their features stay unflipped (official --mirror).
+            flip = torch.rand(real.shape[0], device=real.device) < 0.5
+            real = torch.where(flip[:, None, None, None], real.flip(-1), real)
+        return real
+
+    def _encoder_to(self, device: torch.device) -> None:
+        if self.encoder is not None and getattr(self, "_encoder_device", None) != device:
+            self.encoder = self.encoder.to(device)
+            self._encoder_device = device
+
+    # ---------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, condition: torch.Tensor, seeds: list[int], truncation_psi: float = 1.0,
+               noise_mode: str = "const", batch_size: int = 32) -> torch.Tensor:
+        """[B, c] conditions + one seed each -> [B, 3, R, R] in [-1, 1] from G_ema.
+
+        z for seed s is ``np.random.RandomState(s).randn(z_dim)`` (StyleGAN's generate.py
+        convention, so seeds mean the same as in the official tools). With noise_mode="random"
+        the noise inputs are drawn per image from a generator seeded by s. The global RNG is
+        left untouched (the loop's preview must not disturb training).
+        """
+        if condition.ndim != 2 or condition.shape[0] != len(seeds):
+            raise ValueError(f"sample: condition must be [len(seeds)={len(seeds)}, "
+                             f"{self.config.c_dim}], got {tuple(condition.shape)}")
+        if condition.shape[1] != self.config.c_dim:
+            raise ValueError(f"sample: condition has {condition.shape[1]} dims, the model "
+                             f"expects c_dim={self.config.c_dim}")
+        G = self.G_ema
+        device = next(G.parameters()).device
+        c = F.normalize(condition.float(), dim=-1).to(device)                   # [B, c]
+        z = torch.from_numpy(np.stack([np.random.RandomState(int(s)).randn(self.config.z_dim)
+                                       for s in seeds])).float().to(device)     # [B, z]
+        was_training = G.training
+        G.eval()
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            if noise_mode == "random":      # per-image noise from its seed
+                for i, s in enumerate(seeds):
+                    torch.manual_seed(int(s))
+                    out.append(G(z[i:i + 1], c[i:i + 1], truncation_psi=truncation_psi,
+                                 noise_mode="random"))
+            else:
+                for i in range(0, len(seeds), batch_size):
+                    out.append(G(z[i:i + batch_size], c[i:i + batch_size],
+                                 truncation_psi=truncation_psi, noise_mode=noise_mode))
+        G.train(was_training)
+        return torch.cat(out).float().clamp(-1, 1)                              # [B, 3, R, R]

@@ -1,0 +1,150 @@
+"""LAFITE losses (paper §3.3, official training/loss.py): one function per phase.
+
+  G:    softplus(-D(G(z, h), h)) + itc·C(CLIP(view(G(z, h))), h) + itd·C(f_s(G(z, h)), h)
+  Greg: path length (StyleGAN2), weight pl_weight, every g_reg_interval steps
+  D:    softplus(D(G(z, h), h)) + softplus(-D(x, h)) + itd·C(f_s(x), h)
+  Dreg: R1 γ/2·|∇_x D(x, h)|², every d_reg_interval steps
+C is a contrastive loss over the batch (``contrastive_loss``); h is the condition from
+conditioning.py. Lazy regularisers are multiplied by their interval here (the loop expects the
+gain already applied).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from langfree.families.lafite.config import LafiteConfig
+
+CLIP_FULL_SIZE = 224  # the official crop/pad recipe targets 224-px CLIP towers
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float,
+                     form: str = "infonce", lam: float = 0.5) -> torch.Tensor:
+    """Contrastive loss between paired rows of a [B, Da] and b [B, Db] (Da = Db); scalar.
+
+    infonce (correct, default): logits_ij = cos(a_i, b_j) / τ;
+        loss = lam·CE(rows → diagonal) + (1 - lam)·CE(columns → diagonal).
+    official_exp_cos: logits_ij = exp(cos(a_i, b_j) / τ) fed to the same softmax — what the
+        official code computes (its author notes it is incorrect but tuned the published
+        hyper-parameters on it). Its extra ``·τ`` inside the log is a constant and is omitted.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"contrastive_loss: expected two [B, D] tensors, got {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}")
+    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()          # [B, B] cosines
+    logits = sim / temperature if form == "infonce" else torch.exp(sim / temperature)
+    target = torch.arange(a.shape[0], device=a.device)
+    rows = F.cross_entropy(logits, target)           # each a_i picks its b_i among all b
+    cols = F.cross_entropy(logits.t(), target)       # each b_j picks its a_j among all a
+    return lam * rows + (1 - lam) * cols
+
+
+def clip_view(img: torch.Tensor, image_size: int, mode: str = "auto") -> torch.Tensor:
+    """What the CLIP image tower sees of a generated image [B, 3, R, R] in [-1, 1].
+
+    auto, 224-px CLIPs (official recipe): R < 224 → pad with white at a random offset to 224;
+    R >= 224 → random square crop of 0.5–1 of the side, resized to 224 (bicubic).
+    Smaller CLIPs (e.g. langfree's 32-px small CLIP) and mode "none": the image unchanged (the
+    encoder resizes); a crop would cut away the position the caption names.
+    """
+    if mode == "none" or image_size < CLIP_FULL_SIZE:
+        return img
+    R = img.shape[-1]
+    if R < CLIP_FULL_SIZE:
+        left = int(torch.randint(0, CLIP_FULL_SIZE - R + 1, ()))
+        top = int(torch.randint(0, CLIP_FULL_SIZE - R + 1, ()))
+        pad = (left, CLIP_FULL_SIZE - R - left, top, CLIP_FULL_SIZE - R - top)
+        return F.pad(img, pad, value=1.0)                               # [B, 3, 224, 224]
+    cut = int(torch.randint(R // 2, R + 1, ()))
+    left = int(torch.randint(0, R - cut + 1, ()))
+    top = int(torch.randint(0, R - cut + 1, ()))
+    crop = img[:, :, top:top + cut, left:left + cut]
+    return F.interpolate(crop, size=(CLIP_FULL_SIZE, CLIP_FULL_SIZE), mode="bicubic",
+                         align_corners=False)                           # [B, 3, 224, 224]
+
+
+def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return contrastive_loss(a, h, config.temperature, config.contrastive_form,
+                            config.contrastive_lambda)
+
+
+def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h: torch.Tensor,
+                   ) -> tuple[torch.Tensor, dict]:
+    """Phase G. h [B, D] unit conditions. Returns (loss, stats)."""
+    z = torch.randn(h.shape[0], config.z_dim, device=h.device)          # [B, z]
+    fake = G(z, h, noise_mode="random", style_mix_prob=config.style_mixing)   # [B, 3, R, R]
+    logits, f_s = D(fake, h)                                             # [B], [B, c]
+    adv = F.softplus(-logits).mean()
+    loss = adv
+    stats = {"G/adv": adv.detach(), "scores/fake": logits.detach().mean()}
+    if config.clip_contrastive_weight > 0:
+        if encoder is None:
+            raise ValueError("clip_contrastive_weight (--itc) > 0 needs an encoder; pass "
+                             "--encoder or set --itc 0")
+        clip_emb = encoder.encode_image(clip_view(fake, encoder.image_size, config.clip_view))
+        itc = _contrastive(config, clip_emb, h)
+        loss = loss + config.clip_contrastive_weight * itc
+        stats["G/itc"] = itc.detach()
+        stats["G/clip_cos"] = (F.normalize(clip_emb, dim=-1) * h).sum(-1).mean().detach()
+    if config.d_contrastive_weight > 0:
+        itd = _contrastive(config, f_s, h)
+        loss = loss + config.d_contrastive_weight * itd
+        stats["G/itd"] = itd.detach()
+    return loss, stats
+
+
+def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mean: torch.Tensor,
+                     ) -> tuple[torch.Tensor, dict]:
+    """Phase Greg (StyleGAN2 path length). Updates ``pl_mean`` (0-d buffer) in place."""
+    B = max(1, h.shape[0] // config.pl_batch_shrink)
+    h = h[:B]
+    z = torch.randn(B, config.z_dim, device=h.device)
+    ws = G.mapping(z, 1.0)                                              # [B, num_ws, w]
+    img = G.synthesis(ws, h, noise_mode="random")                       # [B, 3, R, R]
+    R = img.shape[-1]
+    pl_noise = torch.randn_like(img) / math.sqrt(R * R)
+    (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
+    lengths = grads.square().sum(2).mean(1).sqrt()                      # [B]
+    mean = pl_mean.lerp(lengths.mean().detach(), config.pl_decay)
+    pl_mean.copy_(mean)
+    penalty = (lengths - mean).square().mean()
+    # `img[:, 0, 0, 0] * 0` keeps every synthesis parameter in the graph (zero gradient) as
+    # the official code does, so gradient all-reduce sees the same tensors on every process.
+    loss = (penalty * config.pl_weight + img[:, 0, 0, 0].sum() * 0) * config.g_reg_interval
+    return loss, {"G/pl_penalty": penalty.detach(), "G/pl_mean": mean.detach()}
+
+
+def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: torch.Tensor,
+                       h: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients."""
+    with torch.no_grad():
+        z = torch.randn(h.shape[0], config.z_dim, device=h.device)
+        fake = G(z, h, noise_mode="random", style_mix_prob=config.style_mixing)
+    fake_logits, _ = D(fake, h)                                         # [B]
+    real_logits, f_s = D(real, h)                                       # [B], [B, c]
+    loss_fake = F.softplus(fake_logits).mean()
+    loss_real = F.softplus(-real_logits).mean()
+    loss = loss_fake + loss_real
+    stats = {"D/fake": loss_fake.detach(), "D/real": loss_real.detach(),
+             "scores/real": real_logits.detach().mean(),
+             "scores/fake_d": fake_logits.detach().mean()}
+    if config.d_contrastive_weight > 0:
+        itd = _contrastive(config, f_s, h)
+        loss = loss + config.d_contrastive_weight * itd
+        stats["D/itd"] = itd.detach()
+    return loss, stats
+
+
+def r1_loss(config: LafiteConfig, D: nn.Module, real: torch.Tensor, h: torch.Tensor,
+            ) -> tuple[torch.Tensor, dict]:
+    """Phase Dreg: lazy R1, γ/2·|∇_x D(x, h)|² times the interval."""
+    real = real.detach().requires_grad_(True)
+    logits, _ = D(real, h)                                              # [B]
+    (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    penalty = grads.square().sum([1, 2, 3]).mean()
+    loss = (penalty * (config.r1_gamma / 2) + logits.sum() * 0) * config.d_reg_interval
+    return loss, {"D/r1_penalty": penalty.detach()}

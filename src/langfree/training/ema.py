@@ -1,0 +1,31 @@
+"""Exponential moving average of weights, specified by its half-life in images.
+
+After a step of ``batch`` images, ema <- beta * ema + (1 - beta) * source with
+beta = 0.5 ** (batch / half_life_images): the contribution of a weight halves every
+``ema_kimg`` thousand images whatever the batch size (StyleGAN2-ADA's convention). With a
+rampup r, the half-life is capped at r * images seen so far, so early EMA tracks faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def ema_beta(batch: int, ema_kimg: float, nimg: int = 0, rampup: float | None = None) -> float:
+    """Decay for one step of ``batch`` images; ``nimg``: images seen before this step."""
+    half_life = ema_kimg * 1000
+    if rampup is not None:
+        half_life = min(half_life, nimg * rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, source: nn.Module, beta: float) -> None:
+    """Parameters are averaged; buffers (e.g. running stats, StyleGAN's w_avg) are copied."""
+    src_params = dict(source.named_parameters())
+    for name, p_ema in ema.named_parameters():
+        p_ema.copy_(src_params[name].detach().lerp(p_ema, beta))
+    src_buffers = dict(source.named_buffers())
+    for name, b_ema in ema.named_buffers():
+        b_ema.copy_(src_buffers[name])

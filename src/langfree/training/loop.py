@@ -1,0 +1,333 @@
+"""THE training loop: every family trains here (GAN phases, one-optimiser models, subsets).
+
+A step draws one global batch (split across processes, then into micro-batches of
+``batch_gpu``) and runs each phase whose interval divides the step: requires_grad on exactly
+the phase's trainable parameters, loss over the micro-batches, backward, gradients averaged
+across processes by one all-reduce of a flat buffer (no DDP wrappers, so phases can run any
+module frozen), non-finite check, optimiser step. Then EMA. Progress is counted in kimg; every
+``tick_kimg`` a status line, stats.jsonl and TensorBoard; every ``snap`` ticks a snapshot (+
+preview grid, metrics) and the resumable state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from langfree.checkpoint import save_snapshot, write_json
+from langfree.training import state as st
+from langfree.training.ema import ema_beta, update_ema
+from langfree.training.options import (
+    Processes,
+    TrainingError,
+    TrainOptions,
+    full_config,
+    resolve_options,
+    run_desc,
+)
+from langfree.training.sampler import make_loader, prepare_batch
+from langfree.training.stats import Reporter, TickStats, memory_gb
+
+
+def train(
+    family: Any,
+    dataset: Any,
+    options: TrainOptions,
+    run_config: dict,
+    preview: Callable | None = None,
+    metrics: Callable | None = None,
+) -> Path:
+    """Train ``family`` on ``dataset`` (keys contract: see sampler.py). Returns the run dir."""
+    procs = Processes(options)
+    resolved = resolve_options(family, options, procs)
+    config = full_config(family, run_config, resolved)
+    if options.dry_run:
+        if procs.rank == 0:
+            print(json.dumps(config, indent=2))
+        return st.new_run_dir(options.outdir, run_desc(family, options))
+    run_dir, state_dir = None, None
+    if procs.rank == 0:
+        if options.resume:
+            run_dir, state_dir = st.resolve_resume(options.resume, options.outdir)
+        else:
+            run_dir = st.new_run_dir(options.outdir, run_desc(family, options))
+            run_dir.mkdir(parents=True)
+        write_json(run_dir / "config.json", {**config, "run_dir": str(run_dir)})
+    run_dir, state_dir = procs.broadcast_object((run_dir, state_dir))
+    loop = _Loop(family, dataset, resolved, procs, Path(run_dir), preview, metrics)
+    loop.setup(state_dir)
+    return loop.run()
+
+
+class _Loop:
+    def __init__(
+        self,
+        family: Any,
+        dataset: Any,
+        opts: dict,
+        procs: Processes,
+        run_dir: Path,
+        preview: Callable | None,
+        metrics: Callable | None,
+    ):
+        self.family, self.dataset, self.opts, self.procs = family, dataset, opts, procs
+        self.run_dir, self.preview, self.metrics = run_dir, preview, metrics
+        self.total_nimg = round(opts["kimg"] * 1000)
+        self.step = self.nimg = self.tick = 0
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self, state_dir: Path | None) -> None:
+        opts, procs = self.opts, self.procs
+        if opts["deterministic"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            # warn_only: a GPU op without a deterministic kernel warns instead of ending the run
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.backends.cudnn.benchmark = True
+        st.seed_everything(opts["seed"] * procs.world + procs.rank)
+        self.modules: dict[str, nn.Module] = self.family.modules()
+        for module in self.modules.values():
+            module.to(procs.device)
+        self.optimizers = self.family.optimizers()
+        self.phases = self.family.phases()
+        self.phase_params = {p.name: self._trainable(p) for p in self.phases}
+        rng = self._restore(state_dir) if state_dir is not None else None
+        if state_dir is None:
+            self._broadcast_weights()
+        self.reporter = Reporter(
+            self.run_dir if procs.rank == 0 else None, self.total_nimg, self.nimg
+        )
+        self.stats = TickStats(procs.device)
+        self.loader = make_loader(
+            self.dataset,
+            opts["batch_gpu"],
+            opts["seed"],
+            procs.rank,
+            procs.world,
+            self.nimg,
+            opts["workers"],
+        )
+        self._log_start(state_dir)
+        if rng is not None:
+            st.set_rng_state(rng)  # last: nothing above may draw from the restored stream
+
+    def _trainable(self, phase: Any) -> list[nn.Parameter]:
+        """Parameters of the phase's modules that its optimiser updates (deduplicated)."""
+        missing = [m for m in phase.modules if m not in self.modules]
+        if missing or phase.optimizer not in self.optimizers or phase.interval < 1:
+            raise TrainingError(
+                f"phase {phase.name!r}: unknown modules {missing} or optimizer "
+                f"{phase.optimizer!r} (family {self.family.name}), or interval < 1"
+            )
+        in_opt = {id(p) for g in self.optimizers[phase.optimizer].param_groups for p in g["params"]}
+        params: dict[int, nn.Parameter] = {}
+        for name in phase.modules:
+            for p in self.modules[name].parameters():
+                if id(p) in in_opt:
+                    params.setdefault(id(p), p)
+        if not params:
+            raise TrainingError(
+                f"phase {phase.name!r}: modules {phase.modules} have no "
+                f"parameters in optimizer {phase.optimizer!r}"
+            )
+        return list(params.values())
+
+    def _broadcast_weights(self) -> None:
+        """Start every process from rank 0's weights (the family may be built per process)."""
+        if self.procs.world == 1:
+            return
+        for name in sorted(self.modules):
+            for tensor in self.modules[name].state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+
+    def _restore(self, state_dir: Path) -> dict[str, Any] | None:
+        progress = st.load_state(
+            state_dir, self.modules, self.optimizers, self.procs.rank, self.procs.world
+        )
+        self.step, self.nimg, self.tick = progress["step"], progress["nimg"], progress["tick"]
+        self.elapsed = progress["elapsed"]
+        if self.procs.rank == 0:  # drop records written after the state (a killed run's tail)
+            for name, size in progress["log_bytes"].items():
+                if (self.run_dir / name).exists():
+                    os.truncate(self.run_dir / name, size)
+        return progress["rng"]
+
+    def _log_start(self, state_dir: Path | None) -> None:
+        o, r = self.opts, self.reporter
+        r.log(
+            f"run dir {self.run_dir}  family {self.family.name}  processes {o['processes']}  "
+            f"device {o['device']}  mixed precision {o['mixed_precision']}"
+        )
+        r.log(
+            f"batch {o['batch']} (per process {o['batch'] // o['processes']}, micro-batch "
+            f"{o['batch_gpu']} x {o['accumulation']})  ema {o['ema_kimg']:.3g} kimg  "
+            f"phases {', '.join(f'{p.name}/{p.interval}' for p in self.phases)}"
+        )
+        if state_dir is not None:
+            r.log(f"resumed from {state_dir} at kimg {self.nimg / 1000:.3f} (step {self.step})")
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> Path:
+        tick_start_time = time.time()
+        run_start = tick_start_time - self.elapsed
+        tick_start_nimg, maintenance = self.nimg, 0.0
+        done = self.nimg >= self.total_nimg
+        try:
+            while not done:
+                self._step()
+                self.reporter.progress(self.nimg)
+                done = self.nimg >= self.total_nimg
+                if not done and self.nimg < tick_start_nimg + self.opts["tick_kimg"] * 1000:
+                    continue
+                self.tick += 1
+                done = done or (
+                    self.opts["max_ticks"] is not None and self.tick >= self.opts["max_ticks"]
+                )
+                now = time.time()
+                self._report(
+                    now - run_start, now - tick_start_time, self.nimg - tick_start_nimg, maintenance
+                )
+                if done or (self.opts["snap"] and self.tick % self.opts["snap"] == 0):
+                    self._save(now - run_start)
+                tick_start_nimg, tick_start_time = self.nimg, time.time()
+                maintenance = tick_start_time - now
+        finally:
+            self.reporter.close()
+            self.loader = None  # shuts DataLoader workers down now, not at garbage collection
+        return self.run_dir
+
+    def _step(self) -> None:
+        micro = [
+            prepare_batch(next(self.loader), self.procs.device)
+            for _ in range(self.opts["accumulation"])
+        ]
+        for phase in self.phases:
+            if self.step % phase.interval == 0:
+                self._run_phase(phase, micro)
+        for src, ema in self.family.ema_pairs():
+            beta = ema_beta(
+                self.opts["batch"], self.opts["ema_kimg"], self.nimg, self.opts["ema_rampup"]
+            )
+            update_ema(self.modules[ema], self.modules[src], beta)
+        self.nimg += self.opts["batch"]
+        self.step += 1
+
+    def _run_phase(self, phase: Any, micro: list[dict[str, Any]]) -> None:
+        params = self.phase_params[phase.name]
+        for module in self.modules.values():
+            module.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        loss_sum = torch.zeros((), device=self.procs.device)
+        for batch in micro:
+            with self.procs.autocast():
+                out = self.family.loss(phase, self.modules, batch, self.step)
+            if out.loss.ndim != 0:
+                raise TrainingError(
+                    f"phase {phase.name!r}: loss must be a scalar, got shape {tuple(out.loss.shape)}"
+                )
+            (out.loss.float() / len(micro)).backward()
+            loss_sum = loss_sum + out.loss.detach().float()
+            self.stats.add(f"{phase.name}/loss", out.loss)
+            for name, value in out.stats.items():
+                self.stats.add(f"{phase.name}/{name}", value)
+        self._sync_and_check(phase, params, loss_sum / len(micro))
+        if any(p.grad is not None for p in params):
+            self.optimizers[phase.optimizer].step()
+        for p in params:
+            p.requires_grad_(False)
+
+    def _sync_and_check(self, phase: Any, params: list[nn.Parameter], loss: torch.Tensor) -> None:
+        """Average gradients over processes (one flat all-reduce) and stop on non-finite values.
+        Parameters without a gradient are skipped; every process runs the same code, so the set
+        is the same on all of them. The ``.item()`` below is the one sync point of the phase."""
+        grads = [p for p in params if p.grad is not None]
+        flat = torch.cat([p.grad.flatten() for p in grads] + [loss.reshape(1)])
+        if self.procs.world > 1:
+            torch.distributed.all_reduce(flat)
+            flat /= self.procs.world
+        if not bool(torch.isfinite(flat).all().item()):
+            what = "loss" if not torch.isfinite(flat[-1]) else "gradients"
+            self._stop(f"non-finite {what} in phase {phase.name!r} at kimg {self.nimg / 1000:.3f}")
+        offset = 0
+        for p in grads:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def _stop(self, message: str) -> None:
+        snaps = self.run_dir / "snapshots"
+        message += (
+            f"; training stopped, the last good snapshot is in {snaps} and the state in "
+            f"{self.run_dir / 'state'} (lower the learning rate or try --mixed-precision no)"
+        )
+        self.reporter.log(message)
+        raise TrainingError(message)
+
+    # ------------------------------------------------------------ ticks, snapshots, state
+
+    def _report(self, total: float, tick_time: float, tick_nimg: int, maintenance: float) -> None:
+        cpumem, gpumem = memory_gb()
+        fields = {
+            "tick": self.tick,
+            "kimg": self.nimg / 1000,
+            "time": total,
+            "sec_per_tick": tick_time,
+            "sec_per_kimg": tick_time / max(tick_nimg, 1) * 1000,
+            "maintenance": maintenance,
+            "cpumem": cpumem,
+            "gpumem": gpumem,
+        }
+        losses = self.stats.means(self.procs.world)
+        self.reporter.tick(fields, losses, self.nimg)
+
+    def _save(self, elapsed: float) -> None:
+        kimg = self.nimg / 1000
+        name = (
+            f"snapshot-{self.nimg // 1000:06d}"
+            if self.nimg % 1000 == 0
+            else f"snapshot-{kimg:010.3f}"
+        )
+        snapshot = self.run_dir / "snapshots" / name
+        if self.procs.rank == 0:
+            grid = st.no_rng(self.preview, self.family) if self.preview is not None else None
+            save_snapshot(snapshot, self.family, kimg, extra={"step": self.step}, grid=grid)
+            if self.metrics is not None:
+                self.reporter.metrics(st.no_rng(self.metrics, snapshot), kimg, name, self.nimg)
+        self._save_state(elapsed)
+        self.reporter.log(f"saved {snapshot.name} and state at kimg {kimg:.3f}")
+
+    def _save_state(self, elapsed: float) -> None:
+        rngs = [st.rng_state()]
+        if self.procs.world > 1:
+            rngs = [None] * self.procs.world
+            torch.distributed.all_gather_object(rngs, st.rng_state())
+        if self.procs.rank == 0:
+            logs = {
+                n: (self.run_dir / n).stat().st_size
+                for n in ("stats.jsonl", "metrics.jsonl")
+                if (self.run_dir / n).exists()
+            }
+            progress = {
+                "step": self.step,
+                "nimg": self.nimg,
+                "tick": self.tick,
+                "elapsed": elapsed,
+                "world": self.procs.world,
+                "batch": self.opts["batch"],
+                "log_bytes": logs,
+            }
+            st.write_state(self.run_dir, progress, self.modules, self.optimizers, rngs)
+        if self.procs.world > 1:
+            torch.distributed.barrier()

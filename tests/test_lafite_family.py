@@ -1,0 +1,255 @@
+"""LAFITE family: conditioning math, the contrastive loss, every phase, sampling."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from langfree.families.lafite import conditioning, loss as losses
+from langfree.families.lafite.config import PRESETS, LafiteConfig, preset
+from langfree.families.lafite.perturb import (PerturbNet, load_perturbation, save_perturbation,
+                                              train_perturbation)
+from test_lafite_family_helpers import (ToyEncoder, fake_batch, networks_available, tiny_config,
+                                        use_stand_ins_if_needed)
+
+
+@pytest.fixture(autouse=True)
+def _stand_ins(monkeypatch):
+    torch.set_num_threads(1)
+    use_stand_ins_if_needed(monkeypatch)
+
+
+def _family(**changes):
+    from langfree.families.lafite.family import LafiteFamily
+
+    return LafiteFamily(tiny_config(**changes), ToyEncoder(16, 8))
+
+
+# ------------------------------------------------------------------------ conditioning
+def test_gaussian_official_weighting_gives_cos_about_032():
+    torch.manual_seed(0)
+    image = F.normalize(torch.randn(4096, 512), dim=-1)
+    eps = conditioning.random_directions(image.shape, image.device)
+    h = conditioning.gaussian_pseudo_text(image, eps, 0.25, 0.75)
+    cos = (h * image).sum(-1)
+    assert torch.allclose(h.norm(dim=-1), torch.ones(4096), atol=1e-5)
+    expected = 0.25 / math.hypot(0.25, 0.75)     # ε̂ ⟂ î in high dimension
+    assert abs(cos.mean().item() - expected) < 0.01
+    # the older 0.5/0.5 weighting is much closer to the image feature
+    h_old = conditioning.gaussian_pseudo_text(image, eps, 0.5, 0.5)
+    assert abs((h_old * image).sum(-1).mean().item() - 0.5 / math.hypot(0.5, 0.5)) < 0.01
+
+
+def test_mixing_is_per_sample_and_standard_uses_noised_captions():
+    cfg = tiny_config(c_dim=1024, mixing_prob=0.5)
+    batch = fake_batch(cfg, B=2000)
+    torch.manual_seed(1)
+    h = conditioning.condition_features(cfg, batch)
+    cos_text = (h * batch["text_emb"]).sum(-1)
+    from_text = cos_text > 0.8                   # t̃ = norm(0.9 t̂ + 0.1 ε̂): cos ≈ 0.99
+    assert 0.4 < from_text.float().mean().item() < 0.6
+    cos_image = (h * batch["image_emb"]).sum(-1)
+    assert (cos_image[~from_text] > 0.15).all()   # the rest are pseudo features of î
+
+    standard = conditioning.condition_features(cfg.replace(mixing_prob=0.0), batch)
+    assert ((standard * batch["text_emb"]).sum(-1) > 0.95).all()
+
+
+def test_language_free_never_reads_captions_and_standard_without_captions_fails():
+    cfg = tiny_config(mixing_prob=1.0)
+    batch = fake_batch(cfg, captions=False)
+    batch["text_emb"] = torch.full_like(batch["text_emb"], float("nan"))
+    h = conditioning.condition_features(cfg, batch)
+    assert torch.isfinite(h).all()
+    with pytest.raises(ValueError, match="captions"):
+        conditioning.condition_features(cfg.replace(mixing_prob=0.0), fake_batch(cfg, captions=False))
+
+
+def test_none_conditioning_is_the_image_feature():
+    cfg = tiny_config(conditioning="none")
+    batch = fake_batch(cfg)
+    h = conditioning.condition_features(cfg, batch)
+    assert torch.allclose(h, batch["image_emb"], atol=1e-6)
+
+
+def test_learned_perturbation_trains_towards_captions(tmp_path):
+    torch.manual_seed(0)
+    N, D = 256, 16
+    image = F.normalize(torch.randn(N, D), dim=-1)
+    shift = F.normalize(torch.randn(D), dim=0)
+    caption = F.normalize(image + 1.5 * shift, dim=-1)           # a consistent "modality gap"
+    offsets = torch.arange(N + 1)
+    net0 = PerturbNet(D, 32, 3)
+    before = (net0(image) * caption).sum(-1).mean().item()
+    net, meta = train_perturbation(image, caption, offsets, hidden=32, layers=3, steps=300,
+                                   batch=64, lr=3e-3, log=lambda _: None)
+    after = (net(image) * caption).sum(-1).mean().item()
+    assert after > before + 0.1
+    save_perturbation(net, meta, tmp_path)
+    again, meta2 = load_perturbation(tmp_path, dim=D)
+    assert meta2["hidden"] == 32
+    torch.manual_seed(3)
+    a = net(image)
+    torch.manual_seed(3)
+    assert torch.equal(a, again(image))
+    with pytest.raises(ValueError, match="retrain"):
+        load_perturbation(tmp_path, dim=D + 1)
+    with pytest.raises(ValueError, match="captioned"):
+        train_perturbation(image, caption, torch.zeros(N + 1, dtype=torch.long), steps=1)
+
+
+# ------------------------------------------------------------------------- contrastive
+def test_infonce_matches_hand_computation():
+    torch.manual_seed(0)
+    a, b, tau = torch.randn(5, 7), torch.randn(5, 7), 0.3
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    s = [[float((an[i] * bn[j]).sum()) / tau for j in range(5)] for i in range(5)]
+    rows = sum(-s[i][i] + math.log(sum(math.exp(x) for x in s[i])) for i in range(5)) / 5
+    cols = sum(-s[j][j] + math.log(sum(math.exp(s[i][j]) for i in range(5))) for j in range(5)) / 5
+    got = losses.contrastive_loss(a, b, tau, "infonce", lam=0.5).item()
+    assert abs(got - 0.5 * (rows + cols)) < 1e-5
+    assert abs(losses.contrastive_loss(a, b, tau, lam=1.0).item() - rows) < 1e-5
+    # perfectly aligned pairs with a low temperature -> loss near 0; shuffled -> large
+    assert losses.contrastive_loss(a, a, 0.01).item() < 1e-3
+    assert losses.contrastive_loss(a, a.roll(1, 0), 0.01).item() > 5
+
+
+def test_official_exp_cos_form_differs_and_is_documented_choice():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    s = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t()
+    logits = torch.exp(s / 0.5)
+    want = 0.5 * (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.t(), torch.arange(6)))
+    got = losses.contrastive_loss(a, b, 0.5, "official_exp_cos")
+    assert torch.allclose(got, want)
+    assert not torch.allclose(got, losses.contrastive_loss(a, b, 0.5, "infonce"))
+    with pytest.raises(ValueError):
+        LafiteConfig(contrastive_form="exp")
+
+
+def test_clip_view_follows_official_recipe_for_224_px_clip():
+    img = torch.zeros(2, 3, 32, 32)
+    padded = losses.clip_view(img, 224)
+    assert padded.shape == (2, 3, 224, 224) and padded.max() == 1.0 and padded.min() == 0.0
+    assert losses.clip_view(img, 32) is img                 # small CLIP: unchanged
+    big = losses.clip_view(torch.zeros(1, 3, 256, 256), 224)
+    assert big.shape == (1, 3, 224, 224)
+
+
+# ------------------------------------------------------------------------------ phases
+def test_every_phase_runs_and_backprops_into_its_module():
+    torch.manual_seed(0)
+    fam = _family(pl_weight=2.0, r1_gamma=1.0)
+    nets = fam.modules()
+    assert [p.name for p in fam.phases()] == ["G", "Greg", "D", "Dreg"]
+    assert {p.name: p.interval for p in fam.phases()} == {"G": 1, "Greg": 4, "D": 1, "Dreg": 16}
+    batch = fake_batch(fam.config)
+    for phase in fam.phases():
+        for m in nets.values():
+            m.requires_grad_(False)
+            m.zero_grad(set_to_none=True)
+        for name in phase.modules:
+            nets[name].requires_grad_(True)
+        out = fam.loss(phase, nets, batch, step=0)
+        assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+        out.loss.backward()
+        grads = [p.grad for n in phase.modules for p in nets[n].parameters() if p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), phase.name
+        other = "D" if phase.modules == ("G",) else "G"
+        assert all(p.grad is None for p in nets[other].parameters())
+    assert fam.modules()["G_pl"].pl_mean.item() > 0        # path-length mean was updated
+    stats = fam.loss(fam.phases()[0], nets, batch, 0).stats
+    assert {"G/adv", "G/itc", "G/itd"} <= set(stats)
+
+
+def test_itc_uses_the_encoder_and_gradients_reach_g_through_clip():
+    torch.manual_seed(0)
+    fam = _family(d_contrastive_weight=0.0, style_mixing=0.0)
+    nets = fam.modules()
+    nets["D"].requires_grad_(False)
+    batch = fake_batch(fam.config)
+    G_phase = fam.phases()[0]
+    with_itc = fam.loss(G_phase, nets, batch, 0)
+    assert "G/itc" in with_itc.stats and "G/itd" not in with_itc.stats
+    fam_no = _family(d_contrastive_weight=0.0, clip_contrastive_weight=0.0)
+    assert "G/itc" not in fam_no.loss(G_phase, fam_no.modules(), batch, 0).stats
+
+
+def test_optimizer_uses_lazy_regularisation_ratio():
+    fam = _family(lr=0.0025, betas=(0.0, 0.99))
+    g = fam.optimizers()["G"].param_groups[0]
+    assert abs(g["lr"] - 0.0025 * 4 / 5) < 1e-12 and abs(g["betas"][1] - 0.99 ** (4 / 5)) < 1e-12
+    d = fam.optimizers()["D"].param_groups[0]
+    assert abs(d["lr"] - 0.0025 * 16 / 17) < 1e-12
+    assert fam.optimizers() is fam.optimizers()
+
+
+def test_mirror_flips_reals_only_when_enabled():
+    batch = fake_batch(tiny_config(), B=64)
+    torch.manual_seed(0)
+    flipped = _family(mirror=True)._reals(batch)
+    same = (flipped == batch["image"]).flatten(1).all(1)
+    mirrored = (flipped == batch["image"].flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and 10 < int(mirrored.sum()) < 54
+    assert torch.equal(_family(mirror=False)._reals(batch), batch["image"])
+
+
+def test_encoder_width_mismatch_is_a_clear_error():
+    from langfree.families.lafite.family import LafiteFamily
+
+    with pytest.raises(ValueError, match="c_dim=32"):
+        LafiteFamily(tiny_config(), ToyEncoder(32, 8))
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_sample_is_deterministic_per_seed_and_leaves_global_rng_alone():
+    torch.manual_seed(0)
+    fam = _family()
+    cond = F.normalize(torch.randn(3, 16), dim=-1)
+    state = torch.get_rng_state()
+    a = fam.sample(cond, [5, 6, 7])
+    assert torch.equal(torch.get_rng_state(), state)
+    b = fam.sample(cond, [5, 6, 7])
+    assert torch.equal(a, b) and a.shape == (3, 3, 8, 8) and a.abs().max() <= 1
+    single = fam.sample(cond[1:2], [6])
+    assert torch.allclose(single[0], a[1], atol=1e-5)
+    assert not torch.allclose(a[0], fam.sample(cond[:1], [99])[0])
+    r1 = fam.sample(cond, [5, 6, 7], noise_mode="random")
+    assert torch.equal(r1, fam.sample(cond, [5, 6, 7], noise_mode="random"))
+    with pytest.raises(ValueError, match="len\\(seeds\\)"):
+        fam.sample(cond, [1, 2])
+
+
+def test_learned_family_has_perturb_module_and_needs_weights(tmp_path):
+    from langfree.families.lafite.family import LafiteFamily
+
+    fam = LafiteFamily(tiny_config(conditioning="learned"), None)
+    assert "perturb" in fam.modules()
+    net = PerturbNet(16, 16, 4)
+    save_perturbation(net, {"dim": 16, "hidden": 16, "layers": 4}, tmp_path)
+    fam.load_perturbation(tmp_path)
+    assert torch.equal(fam.perturb.mu[0].weight, net.mu[0].weight)
+    h = conditioning.condition_features(fam.config, fake_batch(fam.config), fam.perturb)
+    assert torch.allclose(h.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ presets
+def test_presets_are_valid_and_shapes32_is_small():
+    assert {"shapes32", "coco256", "mmceleba256"} <= set(PRESETS)
+    assert preset("shapes32").resolution == 32 and not preset("shapes32").mirror
+    with pytest.raises(ValueError, match="shapes32"):
+        preset("nope")
+    with pytest.raises(ValueError, match="mixing_prob"):
+        LafiteConfig(mixing_prob=1.5)
+
+
+@pytest.mark.skipif(not networks_available(), reason="lafite networks not written yet")
+def test_coco256_parameter_count_matches_paper():
+    from langfree.families.lafite.family import build_networks, count_parameters
+
+    G, D = build_networks(preset("coco256"))
+    g, d = count_parameters(G) / 1e6, count_parameters(D) / 1e6
+    assert abs(g - 45.0) < 1.0 and abs(d - 29.1) < 1.0, (g, d)
