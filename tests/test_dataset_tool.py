@@ -262,6 +262,21 @@ def test_zip_source(tmp_path):
     assert _skip_reasons(report) == {"imgs/empty.png": "empty file"}
 
 
+def test_zip_source_with_workers(tmp_path):
+    src = tmp_path / "many.zip"
+    rng = np.random.default_rng(3)
+    with zipfile.ZipFile(src, "w") as z:
+        for i in range(20):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(buf, "PNG")
+            z.writestr(f"d/{i:02d}.png", buf.getvalue())
+            z.writestr(f"d/{i:02d}.txt", f"caption {i}")
+    build_dataset(src, tmp_path / "one.zip", R, workers=1)
+    build_dataset(src, tmp_path / "two.zip", R, workers=2)
+    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two.zip").read_bytes()
+    assert ImageArchive(tmp_path / "two.zip").captions(19) == ["caption 19"]
+
+
 def test_workers_give_identical_archive(src, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(20):
@@ -326,9 +341,12 @@ def test_empty_and_all_bad_sources_write_nothing(tmp_path):
 
 
 def test_dest_inside_source_is_not_read_back(src):
+    (src / ".git").mkdir()
+    (src / ".git" / "index").write_bytes(b"not data")
+    (src / "out.zip.tmp-99999").write_bytes(b"left by a killed run")
     first = build_dataset(src, src / "out.zip", R, workers=1)
     second = build_dataset(src, src / "out.zip", R, workers=1)
-    assert first.written == second.written == 1 and not second.skipped
+    assert first.written == second.written == 1 and not first.skipped and not second.skipped
 
 
 def test_cli(src, tmp_path):

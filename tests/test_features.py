@@ -75,7 +75,8 @@ def test_interrupted_run_resumes_from_finished_chunks(shapes_zip, encoder, count
     assert not F.sidecar_path(shapes_zip, encoder).exists()  # no partial sidecar, ever
     monkeypatch.setattr(F, "_encode_chunk", real)
     counter.clear()
-    resumed = load_features(shapes_zip, encoder, batch_size=16, progress=False)
+    encode_archive(shapes_zip, encoder, batch_size=16, chunk_images=16, progress=False)
+    resumed = load_features(shapes_zip, encoder, progress=False)
     assert counter == [(32, 40)]  # only the unfinished chunk was computed
     fresh = encoder.encode_image(ImageArchive(shapes_zip).images(range(40)).float() / 127.5 - 1)
     torch.testing.assert_close(resumed.image_emb, fresh)

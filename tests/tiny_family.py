@@ -139,6 +139,8 @@ class TinyGAN:
             nn.Linear(config.hidden, d),
             nn.Tanh(),
         )
+        # a buffer updated in forward passes (like StyleGAN's w_avg): differs per process
+        self.G.register_buffer("fake_mean", torch.zeros(()))
         self.D = nn.Sequential(
             nn.Linear(d + config.cond_dim, config.hidden),
             nn.LeakyReLU(0.2),
@@ -188,7 +190,9 @@ class TinyGAN:
         self._record(phase, nets)
         real, c = batch["image"], batch["image_emb"]
         if phase.name == "G":
-            return LossOutput(F.softplus(-self._d(nets, self._fake(nets, c), c)).mean())
+            fake = self._fake(nets, c)
+            nets["G"].fake_mean.lerp_(fake.detach().mean(), 0.1)
+            return LossOutput(F.softplus(-self._d(nets, fake, c)).mean())
         if phase.name == "D":
             fake = self._fake(nets, c).detach()
             loss = (

@@ -8,7 +8,16 @@ from __future__ import annotations
 import typer
 
 from langfree import __version__
-from langfree.commands import convert, data, encoders, evaluate, generate, quickstart, training
+from langfree.commands import (
+    convert,
+    data,
+    encoders,
+    evaluate,
+    generate,
+    quickstart,
+    train_lafite,
+    training,
+)
 
 app = typer.Typer(
     name="langfree",
@@ -42,6 +51,7 @@ def main(
 data.register(app)
 encoders.register(app, encoder_app)
 training.register(train_app)
+train_lafite.register(train_app)
 evaluate.register(app)
 generate.register(app)
 convert.register(convert_app)

@@ -9,6 +9,14 @@ from typing import Annotated
 import typer
 
 
+def _progress():
+    """A progress bar on stderr, gone when done, so stdout holds only the summary."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    return Progress(transient=True, console=Console(stderr=True))
+
+
 def shapes(
     dest: Annotated[Path, typer.Argument(help="Archive to write, e.g. shapes32.zip.")],
     count: Annotated[int, typer.Option("--count", "-n", min=1, help="Number of images.")] = 10000,
@@ -20,13 +28,11 @@ def shapes(
         help="Probability that an image also shows a second, smaller object.")] = 0.0,
 ) -> None:
     """Draw the captioned Shapes data set (one object, colour, size, position) into an archive."""
-    from rich.progress import Progress
-
     from langfree.data.shapes import write_shapes
 
     if dest.suffix.lower() != ".zip":
         raise typer.BadParameter(f"{dest} must end in .zip", param_hint="DEST")
-    with Progress(transient=True) as bar:
+    with _progress() as bar:
         task = bar.add_task(f"drawing {count} images", total=count)
         write_shapes(dest, count, resolution, seed, second_object_prob,
                      progress=lambda n: bar.advance(task, n))
@@ -48,8 +54,6 @@ def dataset(
     workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = min(2, os.cpu_count() or 1),
 ) -> None:
     """Convert images (+ optional captions) into a training archive; reports every skipped file."""
-    from rich.progress import Progress
-
     from langfree.data.images import TRANSFORMS
     from langfree.data.tool import DatasetError, build_dataset
 
@@ -59,7 +63,7 @@ def dataset(
         raise typer.BadParameter(f"{transform!r}; choose one of {', '.join(TRANSFORMS)}",
                                  param_hint="--transform")
     try:
-        with Progress(transient=True) as bar:
+        with _progress() as bar:
             task = bar.add_task("converting", total=None)
             report = build_dataset(src, dest, resolution, transform, max_images, min_size, workers,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))

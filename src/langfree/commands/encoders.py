@@ -26,6 +26,7 @@ def encoder_train(
     embed_dim: int = typer.Option(DEFAULT_EMBED_DIM, "--embed-dim", help="Joint embedding size D."),
     lr: float = typer.Option(DEFAULT_LR, help="Peak AdamW learning rate (cosine schedule, warm-up)."),
     holdout: int = typer.Option(1000, help="Images held out for the retrieval metrics."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Also print held-out retrieval every N steps (0: only at the end)."),
 ) -> None:
     """Train langfree's small CLIP on a captioned archive; prints its held-out retrieval metrics."""
     from langfree.data.archive import ArchiveError
@@ -33,7 +34,8 @@ def encoder_train(
 
     try:
         metrics = train_small_clip(archive, outdir, steps=steps, batch=batch, seed=seed,
-                                   embed_dim=embed_dim, lr=lr, holdout=holdout, progress=True)
+                                   embed_dim=embed_dim, lr=lr, holdout=holdout, progress=True,
+                                   eval_every=eval_every)
     except (ArchiveError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(metrics, indent=1))

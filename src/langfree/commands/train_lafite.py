@@ -105,9 +105,9 @@ def make_metrics(names: Optional[str], reference: Path, encoder):
     return metrics
 
 
-def check_processes(gpus: int) -> None:
+def check_processes(gpus: Optional[int]) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if gpus != world:
+    if gpus is not None and gpus != world:
         _fail(f"--gpus {gpus} but {world} process(es) are running; start several with "
               f"`accelerate launch --multi_gpu --num_processes {gpus} -m langfree train lafite ...` "
               f"(or torchrun --nproc_per_node {gpus}); --gpus only checks the count")
@@ -137,7 +137,7 @@ def train_lafite(
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics at each snapshot (fid10k_full, attribute_accuracy, ...) or none."),
     snap: int = typer.Option(50, "--snap", help="Ticks between snapshots (+ metrics)."),
     outdir: Path = typer.Option(Path("runs"), "--outdir", help="Where run directories go."),
-    gpus: int = typer.Option(1, "--gpus", help="Number of processes. Start them with `accelerate launch --num_processes N -m langfree train lafite ...` (or torchrun); this option checks the count."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of processes (GPUs). langfree does not spawn them: start N with `accelerate launch --multi_gpu --num_processes N -m langfree train lafite ...` (or torchrun --nproc_per_node N); --gpus N then checks that N are running."),
     seed: int = typer.Option(0, "--seed"),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels (exact resume; slower on GPU)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="latest | run dir | state dir."),
@@ -166,9 +166,9 @@ def train_lafite(
                    **_perturb_widths(perturb)}
         config = build_config(preset, archive.resolution, encoder.embed_dim, options, overrides)
         _check_captions(config, archive, data)
-        family = _build_family(config, encoder)
+        family = build_family(config, encoder)
         _print_sizes(family)
-        dataset = None if dry_run else _conditioned_dataset(archive, data, encoder, seed)
+        dataset = None if dry_run else conditioned_dataset(archive, data, encoder, seed)
         preview_cond, prompts = preview_conditions(encoder, archive, test_archive)
         metric_fn = make_metrics(metrics, test_data or data, encoder)
     except (ArchiveError, ConfigError, ValueError, FileNotFoundError) as exc:
@@ -180,7 +180,8 @@ def train_lafite(
     run_config = {"command": "train lafite", "data": str(Path(data).resolve()),
                   "test_data": str(Path(test_data).resolve()) if test_data else None,
                   "preset": preset, "metrics": metrics, "preview_prompts": prompts,
-                  "parameters": family.parameter_counts(), "gpus": gpus}
+                  "parameters": family.parameter_counts(),
+                  "gpus": gpus or int(os.environ.get("WORLD_SIZE", "1"))}
     run_dir = run_training(family, dataset, train_options, run_config,
                            preview=make_preview(preview_cond), metrics=metric_fn)
     if not dry_run:
@@ -220,7 +221,7 @@ def _check_captions(config, archive, path: Path) -> None:
                          "images only) or build the archive from images with X.txt captions")
 
 
-def _build_family(config, encoder):
+def build_family(config, encoder):
     from langfree.families.lafite.family import LafiteFamily
 
     family = LafiteFamily(config, encoder)
@@ -232,7 +233,7 @@ def _build_family(config, encoder):
     return family
 
 
-def _conditioned_dataset(archive, path: Path, encoder, seed: int):
+def conditioned_dataset(archive, path: Path, encoder, seed: int):
     from langfree.data.features import ConditionedDataset, load_features
 
     features = load_features(path, encoder)

@@ -57,11 +57,5 @@ def run_training(
 
 
 def register(group: typer.Typer) -> None:
-    """Family train commands add themselves to ``group`` (``langfree train <family>``).
-    LAFITE: the lafite-train engineer's ``register_lafite(group)`` is called here."""
-    register_lafite = globals().get("register_lafite")
-    if register_lafite is not None:
-        register_lafite(group)
-
-
-# ---- family-specific commands below (lafite-train engineer: define register_lafite(group)) ----
+    """No generic subcommands: each family's train command registers itself on the same group
+    (``langfree.commands.train_lafite.register``) and calls ``run_training``."""

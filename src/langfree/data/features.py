@@ -139,9 +139,9 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
         raise ValueError(f"batch_size and chunk_images must be >= 1 (got {batch_size}, {chunk_images})")
 
     partial = dest.with_name(dest.name + ".partial")
-    stamp = {"fingerprint": fingerprint, "archive_digest": digest, "chunk_images": chunk_images}
+    stamp = {"fingerprint": fingerprint, "archive_digest": digest}
     if partial.is_dir() and _read_json(partial / "stamp.json") != stamp:
-        shutil.rmtree(partial)  # chunks of another archive version or chunking: start over
+        shutil.rmtree(partial)  # chunks of another version of the archive: start over
     partial.mkdir(exist_ok=True)
     _write_atomic(partial / "stamp.json", json.dumps(stamp).encode())
 
@@ -151,7 +151,7 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
               disable=None if progress is None else not progress) as bar:
         for start in range(0, n, chunk_images):
             stop = min(start + chunk_images, n)
-            chunk_file = partial / f"chunk-{start:09d}.safetensors"
+            chunk_file = partial / f"images-{start:09d}-{stop:09d}.safetensors"
             if chunk_file.is_file():
                 try:
                     chunks.append(load_file(str(chunk_file)))

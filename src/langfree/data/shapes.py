@@ -37,10 +37,11 @@ BACKGROUNDS_RGB: dict[str, tuple[int, int, int]] = {
     "black": (18, 18, 20), "gray": (75, 75, 78), "navy": (20, 28, 62), "brown": (62, 42, 30),
 }
 # Half-extent of the object's bounding box, as a fraction of the image side.
-SIZE_FRACTION = {"small": 0.09, "medium": 0.145, "large": 0.21}
+SIZE_FRACTION = {"small": 0.11, "medium": 0.16, "large": 0.23}
 GRID = (0.2, 0.5, 0.8)  # object centres of the 3x3 positions, fraction of the side
 POSITION_JITTER = 0.035
-COLOR_JITTER = 12
+COLOR_JITTER = 12        # per channel, objects
+BACKGROUND_JITTER = 6    # smaller: a jittered near-black must not turn into a dark colour
 SUPERSAMPLE = 4
 SECOND_SIZE = "small"
 NUM_STYLES = 5
@@ -175,8 +176,9 @@ def _place(rng: np.random.Generator, position: str, size: str) -> tuple[float, f
     return float(cx), float(cy), r
 
 
-def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, 3), 0, 255))
+def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = COLOR_JITTER
+            ) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-amount, amount + 1, 3), 0, 255))
 
 
 def _sample_object(rng: np.random.Generator, size: str | None = None) -> dict:
@@ -212,7 +214,7 @@ def draw_one(seed: int, index: int, resolution: int, second_object_prob: float =
                 objects.append(second)
                 break
     side = resolution * SUPERSAMPLE
-    canvas = Image.new("RGB", (side, side), _jitter(rng, BACKGROUNDS_RGB[background]))
+    canvas = Image.new("RGB", (side, side), _jitter(rng, BACKGROUNDS_RGB[background], BACKGROUND_JITTER))
     draw = ImageDraw.Draw(canvas)
     for obj in objects:
         _draw(draw, obj, side)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +117,8 @@ def _coco_items(root: Path, pairs: list[tuple[Path, Path]], warnings: list) -> l
             names = {img["id"]: img["file_name"] for img in meta["images"]}
             by_name: dict[str, list[str]] = {name: [] for name in names.values()}
             for a in meta["annotations"]:
-                by_name[names[a["image_id"]]].append(a["caption"].strip())
+                if a.get("image_id") in names:  # a caption of an unlisted image has no file
+                    by_name[names[a["image_id"]]].append(str(a["caption"]).strip())
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DatasetError(f"{ann} is not a readable COCO captions file ({e!r}); "
                                "fix or remove it") from e
@@ -133,7 +134,9 @@ def _coco_items(root: Path, pairs: list[tuple[Path, Path]], warnings: list) -> l
 
 
 def _folder_items(root: Path, exclude: set[Path]) -> list[Item]:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.resolve() not in exclude)
+    # Hidden folders (.git, .cache) are not part of the data; nor is our own output.
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.resolve() not in exclude
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     captions = {p.with_suffix(""): str(p) for p in files if p.suffix.lower() == CAPTION_SUFFIX}
     return [Item(p.relative_to(root).as_posix(), str(p), caption=captions.get(p.with_suffix("")))
             for p in files if _is_candidate(p.name)]
@@ -165,17 +168,25 @@ def find_items(src: Path, exclude: set[Path] = frozenset(), warnings: list | Non
 
 
 # -- converting one image (runs in worker processes) -----------------------------------------
-_zip_handles: dict[str, zipfile.ZipFile] = {}  # per process: one open handle per source zip
+# One open handle per (process, source zip): reopening would re-read the central directory for
+# every image, and a handle inherited through fork shares its file offset with the parent.
+_zip_handles: dict[tuple[int, str], zipfile.ZipFile] = {}
 
 
 def _read(item: Item, name: str) -> bytes:
     if item.zip_path is None:
         with open(name, "rb") as f:
             return f.read()
-    handle = _zip_handles.get(item.zip_path)
+    key = (os.getpid(), item.zip_path)
+    handle = _zip_handles.get(key)
     if handle is None:
-        handle = _zip_handles[item.zip_path] = zipfile.ZipFile(item.zip_path)
+        handle = _zip_handles[key] = zipfile.ZipFile(item.zip_path)
     return handle.read(name)
+
+
+def _close_zip_handles() -> None:
+    for key in [k for k in _zip_handles if k[0] == os.getpid()]:
+        _zip_handles.pop(key).close()
 
 
 def convert_item(item: Item, resolution: int, transform: str, min_size: int | None) -> Result:
@@ -208,6 +219,14 @@ def convert_item(item: Item, resolution: int, transform: str, min_size: int | No
     return result
 
 
+@contextmanager
+def closing_zip_handles() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _close_zip_handles()
+
+
 def _convert_star(args: tuple) -> Result:
     return convert_item(*args)
 
@@ -219,10 +238,13 @@ def _results(items: list[Item], resolution: int, transform: str, min_size: int |
     if workers <= 1 or len(items) < 16:
         yield from map(_convert_star, jobs)
         return
-    # forkserver, not fork: the caller may hold torch threads or open zip handles that fork would
-    # copy. ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by a decoder crash
-    # raises BrokenProcessPool instead of hanging the run forever.
-    ctx = multiprocessing.get_context("forkserver")
+    # fork where available: spawn/forkserver workers re-import the caller's __main__ (for the
+    # CLI that is every command module, torch included: seconds per worker). Workers use only
+    # PIL and numpy, and zip handles are per process (_read), so a forked copy is safe.
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed by a decoder crash raises
+    # BrokenProcessPool instead of hanging the run forever.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         try:
             yield from pool.map(_convert_star, jobs, chunksize=8)
@@ -252,7 +274,9 @@ def build_dataset(src: str | os.PathLike, dest: str | os.PathLike, resolution: i
         raise DatasetError(f"--max-images must be >= 1, got {max_images}")
     workers = workers or min(2, os.cpu_count() or 1)
     warnings: list[tuple[str, str]] = []
-    items = find_items(src, exclude={dest.resolve()}, warnings=warnings)
+    own = dest.resolve()
+    exclude = {own} | set(own.parent.glob(f"{own.name}.tmp-*"))  # earlier interrupted runs
+    items = find_items(src, exclude=exclude, warnings=warnings)
     if not items:
         raise DatasetError(f"no image files found in {src}; nothing written")
 
@@ -260,7 +284,7 @@ def build_dataset(src: str | os.PathLike, dest: str | os.PathLike, resolution: i
     counts: Counter[str] = Counter()
     upscaled = with_captions = 0
     results = _results(items, resolution, transform, min_size, workers)
-    with ArchiveWriter(dest, resolution, source=str(src.resolve()),
+    with closing_zip_handles(), ArchiveWriter(dest, resolution, source=str(src.resolve()),
                        extra={"transform": transform}) as writer, closing(results):
         for done, r in enumerate(results, 1):
             if r.png is None:

@@ -37,22 +37,23 @@ TOKENIZER = "ViT-B-32"  # any open_clip name whose tokenizer is the bundled 49 4
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP constants, as open_clip uses by default
 STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Defaults of `langfree encoder train`: measured to reach retrieval_top1 >= 0.90 on 20 000 shapes
-# images at 32 px (see the report figures in docs / the command's help).
-DEFAULT_STEPS = 1500
+# Defaults of `langfree encoder train` (and the quickstart): on 20 000 shapes images at 32 px,
+# 400 steps of batch 256 reach retrieval_top1 >= 0.95 (measured; see metrics.json of a run).
+DEFAULT_STEPS = 400
 DEFAULT_BATCH = 256
 DEFAULT_LR = 2e-3
 DEFAULT_EMBED_DIM = 128
 
 
-def small_clip_config(embed_dim: int = DEFAULT_EMBED_DIM, width: int = 128, vision_layers: int = 4,
-                      text_layers: int = 3, patch_size: int = 4, image_size: int = 32,
+def small_clip_config(embed_dim: int = DEFAULT_EMBED_DIM, width: int = 64, vision_layers: int = 4,
+                      text_layers: int = 3, patch_size: int = 8, image_size: int = 32,
                       context_length: int = 32) -> dict:
     """An open_clip model config dict (the schema of open_clip/model_configs/*.json).
 
-    Default: a ViT with 4x4 patches at 32 px (64 tokens, width 128, 4 layers, ~0.8 M params) and a
-    3-layer width-128 text transformer over 32 tokens; the 49 408 x 128 token table dominates the
-    parameter count (6.3 M) but costs little compute.
+    Default: a ViT with 8x8 patches at 32 px (16 tokens + class token, width 64, 4 layers) and a
+    3-layer width-64 text transformer over 32 tokens. The 49 408 x 64 token table is most of the
+    3.5 M parameters but costs little compute; the text tower costs more FLOPs than the image
+    tower. 4x4 patches (64 tokens) cost ~3x more per step; 8x8 already reaches the target.
     """
     return {
         "embed_dim": embed_dim,
@@ -162,7 +163,7 @@ def _split(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # open_clip's recipe: no weight decay on gains, biases, embeddings and the logit scale
+    # open_clip's recipe (no weight decay on gains, biases, the logit scale), plus embedding tables
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         exclude = (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
@@ -176,6 +177,31 @@ def _cosine_with_warmup(step: int, steps: int, warmup: int) -> float:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _captioned_archive(archive_path, holdout: int):
+    from langfree.data.archive import ImageArchive
+
+    archive = ImageArchive(archive_path, preload=True)
+    n = len(archive)
+    if not archive.has_captions:
+        missing = sum(1 for i in range(n) if not archive.captions(i))
+        raise ValueError(f"{archive.path}: {missing} of {n} images have no caption; the small CLIP "
+                         "trains on captioned data (e.g. 'langfree shapes DEST.zip')")
+    if n < 2 * holdout:
+        raise ValueError(f"{archive.path} holds {n} images; training with a held-out split of "
+                         f"{holdout} needs at least {2 * holdout} (use --holdout or a larger archive)")
+    return archive
+
+
+def _epochs(pool: np.ndarray, batch: int, gen: torch.Generator):
+    """Endless batches of indices [B]: each epoch a fresh permutation of ``pool`` (a partial
+    last batch is dropped, so every contrastive batch has ``batch`` pairs)."""
+    pool = torch.from_numpy(pool)
+    while True:
+        order = pool[torch.randperm(len(pool), generator=gen)]
+        for start in range(0, len(order) - batch + 1, batch):
+            yield order[start:start + batch]
 
 
 def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
@@ -194,20 +220,12 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     import open_clip
     from tqdm.auto import tqdm
 
-    from langfree.data.archive import ImageArchive
-
-    archive = ImageArchive(archive_path, preload=True)
-    n = len(archive)
-    if not archive.has_captions:
-        missing = sum(1 for i in range(n) if not archive.captions(i))
-        raise ValueError(f"{archive.path}: {missing} of {n} images have no caption; the small CLIP "
-                         "trains on captioned data (e.g. 'langfree shapes DEST.zip')")
-    if n < 2 * holdout:
-        raise ValueError(f"{archive.path} holds {n} images; training with a held-out split of "
-                         f"{holdout} needs at least {2 * holdout} (use --holdout or a larger archive)")
     if steps < 1 or batch < 2:
         raise ValueError(f"steps must be >= 1 and batch >= 2 (got steps={steps}, batch={batch})")
-    train_idx, eval_idx = _split(n, holdout, seed)
+    archive = _captioned_archive(archive_path, holdout)
+    train_idx, eval_idx = _split(len(archive), holdout, seed)
+    if len(train_idx) < batch:
+        raise ValueError(f"{archive.path}: {len(train_idx)} training images is less than one batch of {batch}")
     model_cfg = model_cfg or small_clip_config(embed_dim=embed_dim, image_size=32)
     meta = _metadata(model_cfg)
 
@@ -215,10 +233,10 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     gen = torch.Generator().manual_seed(seed)
     model = build_model(model_cfg).train()
     tokenizer = open_clip.get_tokenizer(TOKENIZER, context_length=meta["context_length"])
-    captions = [archive.captions(i) for i in range(n)]
+    captions = [archive.captions(i) for i in range(len(archive))]
     tokens = tokenizer([c for caps in captions for c in caps])  # [M, L], all phrasings, once
     offsets = torch.tensor(np.cumsum([0] + [len(c) for c in captions]), dtype=torch.int64)  # [N+1]
-    images = archive.images(range(n))  # uint8 [N, 3, H, W]
+    images = archive.images(range(len(archive)))  # uint8 [N, 3, H, W]
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
 
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
@@ -226,17 +244,13 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     warmup = min(200, max(1, steps // 10)) if warmup is None else warmup
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, steps, warmup))
     loss_fn = open_clip.ClipLoss()
-    train_pool = torch.from_numpy(train_idx)
-    order, cursor = train_pool[torch.randperm(len(train_pool), generator=gen)], 0
+    batches = _epochs(train_idx, batch, gen)
     bar = tqdm(range(steps), desc="small CLIP", unit="step", disable=not progress)
     start, loss_value = time.perf_counter(), float("nan")
     for step in bar:
-        if cursor + batch > len(order):  # a new epoch: a fresh permutation of the training images
-            order, cursor = train_pool[torch.randperm(len(train_pool), generator=gen)], 0
-        idx = order[cursor:cursor + batch]  # [B]
-        cursor += batch
+        idx = next(batches)  # [B]
         counts = offsets[idx + 1] - offsets[idx]  # [B] captions per image
-        pick = offsets[idx] + (torch.rand(len(idx), generator=gen) * counts).long()  # [B]
+        pick = offsets[idx] + (torch.rand(len(idx), generator=gen) * counts).long()  # [B] one caption each
         x = clip_preprocess(images[idx].float() / 127.5 - 1, meta["image_size"], mean, std)  # [B,3,S,S]
         image_f = model.encode_image(x, normalize=True)  # [B, D]
         text_f = model.encode_text(tokens[pick], normalize=True)  # [B, D]
@@ -250,14 +264,13 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
         loss_value = loss.item()
         bar.set_postfix(loss=f"{loss_value:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
-            m = retrieval_metrics(_encoder(model.eval(), meta, spec="(training)"), archive, eval_idx, seed)
-            model.train().requires_grad_(True)  # _encoder froze it for evaluation
+            m = retrieval_metrics(_encoder(model, meta, spec="(training)"), archive, eval_idx, seed)
+            model.train().requires_grad_(True)  # the encoder wrapper froze it for evaluation
             bar.write(f"step {step + 1}: retrieval_top1 {m['retrieval_top1']:.3f} "
                       f"(exact {m['retrieval_top1_exact']:.3f}), loss {loss_value:.3f}")
     seconds = time.perf_counter() - start
 
-    model.eval()
-    encoder = _encoder(model, meta, spec=str(Path(outdir).resolve()))
+    encoder = _encoder(model, meta, spec=str(Path(outdir).resolve()))  # eval(), frozen
     metrics = retrieval_metrics(encoder, archive, eval_idx, seed=seed)
     metrics.update({"final_loss": loss_value, "steps": steps, "batch": batch, "seed": seed, "lr": lr,
                     "train_images": int(len(train_idx)), "train_seconds": round(seconds, 1),

@@ -277,7 +277,20 @@ class _Loop:
 
     # ------------------------------------------------------------ ticks, snapshots, state
 
+    def _sync_buffers(self) -> None:
+        """Average floating-point buffers over processes once per tick. Buffers updated in a
+        forward pass (StyleGAN's w_avg, path-length mean) see only their process's samples;
+        averaging keeps every process's model identical and the saved one representative."""
+        if self.procs.world == 1:
+            return
+        for name in sorted(self.modules):
+            for buf in self.modules[name].buffers():
+                if buf.is_floating_point():
+                    torch.distributed.all_reduce(buf)
+                    buf /= self.procs.world
+
     def _report(self, total: float, tick_time: float, tick_nimg: int, maintenance: float) -> None:
+        self._sync_buffers()
         cpumem, gpumem = memory_gb()
         fields = {
             "tick": self.tick,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +29,10 @@ from langfree.families.lafite import ops
 
 # w is broadcast to every layer; the mapping's EMA of w (for truncation) decays with this factor.
 W_AVG_BETA = 0.995
-STYLE_MLP_LR = 0.01  # learning-rate multiplier of the mapping and the per-layer text MLPs
+STYLE_MLP_LR = 0.01
+# oneDNN's native layout: NCHW tensors are reordered to blocked formats and back around every
+# convolution, channels_last ones are not.
+MEMORY_FORMAT = torch.channels_last  # learning-rate multiplier of the mapping and the per-layer text MLPs
 
 
 def _check_resolution(resolution: int) -> int:
@@ -59,7 +61,9 @@ class FullyConnected(nn.Module):
         self.bias_gain = lr_mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.linear(x, self.weight * self.weight_gain, self.bias * self.bias_gain)  # [B, out]
+        # Scale the [B, out] product, not the [out, in] weight: at small batches the weight is
+        # the bigger tensor, and addmm applies the gain for free.
+        x = torch.addmm(self.bias * self.bias_gain, x, self.weight.t(), alpha=self.weight_gain)  # [B, out]
         if self.activation == "lrelu":
             x = F.leaky_relu(x, ops.LRELU_SLOPE) * ops.LRELU_GAIN
         return x
@@ -145,13 +149,20 @@ class StyledConv(nn.Module):
             x = ops.conv_up2x(x, self.weight)  # [B, O, 2H, 2W]
         else:
             x = F.conv2d(x, self.weight, padding=1)  # [B, O, H, W]
-        x = x * d.reshape(*d.shape, 1, 1)
+        # lrelu(g * v) = g * lrelu(v) for g > 0: the activation gain sqrt(2)*gain folds into the
+        # demodulation, bias and noise scales, so no separate pass scales the activations.
+        g = ops.LRELU_GAIN * gain
+        x = torch.addcmul((self.bias * g).reshape(1, -1, 1, 1), x, (d * g).reshape(*d.shape, 1, 1))
         if noise_mode == "random":
             r = self.resolution
-            x = x + torch.randn(x.shape[0], 1, r, r, dtype=x.dtype, device=x.device) * self.noise_strength
+            noise = torch.randn(x.shape[0], 1, r, r, dtype=x.dtype, device=x.device)
+            x = x + noise * (self.noise_strength * g)  # [B, 1, H, W] broadcast over channels
         elif noise_mode == "const":
-            x = x + self.noise_const * self.noise_strength
-        return ops.bias_lrelu(x, self.bias, gain, self.conv_clamp)
+            x = x + self.noise_const * (self.noise_strength * g)
+        x = F.leaky_relu(x, ops.LRELU_SLOPE)
+        if self.conv_clamp is not None:
+            x = x.clamp(-self.conv_clamp * gain, self.conv_clamp * gain)
+        return x
 
 
 class ToRGB(nn.Module):
@@ -170,9 +181,9 @@ class ToRGB(nn.Module):
         # Fold the per-sample style into a per-sample [3, C] matrix: a batched matmul over pixels
         # costs less than scaling the whole activation first.
         m = self.weight.flatten(1).unsqueeze(0) * s.unsqueeze(1)  # [B, 3, C]
-        b, ch, h, wd = x.shape
-        y = torch.bmm(m, x.reshape(b, ch, h * wd)).reshape(b, -1, h, wd)  # [B, 3, H, W]
-        y = y + self.bias.reshape(1, -1, 1, 1)
+        # x is channels_last, so [B, H, W, C] is a free view of it.
+        y = torch.matmul(x.permute(0, 2, 3, 1), m.transpose(1, 2).unsqueeze(1))  # [B, H, W, 3]
+        y = y.permute(0, 3, 1, 2) + self.bias.reshape(1, -1, 1, 1)  # [B, 3, H, W]
         if self.conv_clamp is not None:
             y = y.clamp(-self.conv_clamp, self.conv_clamp)
         return y
@@ -204,6 +215,7 @@ class SynthesisBlock(nn.Module):
                 c: torch.Tensor, noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conv0 is None:
             x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # [B, C, 4, 4]
+            x = x.contiguous(memory_format=MEMORY_FORMAT)
             x = self.conv1(x, ws[:, 0], c, noise_mode)
         else:
             x = self.conv0(x, ws[:, 0], c, noise_mode)  # [B, C, R, R]
@@ -298,13 +310,40 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
         clamp = self.conv_clamp
         if x is None:
-            x = ops.bias_lrelu(F.conv2d(img, self.fromrgb.scaled()), self.fromrgb.bias, 1.0, clamp)
-        half = np.sqrt(0.5)  # residual branches are scaled so their sum keeps unit variance
-        y = F.conv2d(ops.downsample2x(x), self.skip.scaled()) * half  # [B, C', R/2, R/2]
-        x = ops.bias_lrelu(F.conv2d(x, self.conv0.scaled(), padding=1), self.conv0.bias, 1.0, clamp)
-        x = ops.conv_down2x(x, self.conv1.scaled())  # [B, C', R/2, R/2]
-        x = ops.bias_lrelu(x, self.conv1.bias, half, clamp)
+            x = _lrelu_conv(self.fromrgb, img, 1.0, clamp)  # [B, C, R, R]
+        half = math.sqrt(0.5)  # residual branches are scaled so their sum keeps unit variance
+        y = _conv1x1(ops.downsample2x(x), self.skip.scaled(half))  # [B, C', R/2, R/2]
+        x = _lrelu_conv(self.conv0, x, 1.0, clamp)  # [B, C, R, R]
+        x = _lrelu_conv(self.conv1, x, half, clamp, down=True)  # [B, C', R/2, R/2]
         return y + x
+
+
+def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """1x1 conv as a matmul over the channels_last view (oneDNN has no fast 1x1 path here)."""
+    y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # [B, H, W, O]
+    return y.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last strides
+
+
+def _lrelu_conv(layer: "_ConvWeights", x: torch.Tensor, gain: float, clamp: float | None,
+                down: bool = False) -> torch.Tensor:
+    """StyleGAN2 Conv2dLayer with lrelu: lrelu(conv(x, w) + b) * sqrt(2) * gain, clamped.
+
+    The activation gain is folded into the weights and bias (lrelu(g v) = g lrelu(v), g > 0), so
+    the convolution's own bias add is the only pass before the activation.
+    """
+    g = ops.LRELU_GAIN * gain
+    w, b = layer.scaled(g), layer.bias * g
+    k = w.shape[-1]
+    if down:
+        x = F.conv2d(ops.blur(x, pad=2), w, b, stride=2)
+    elif k == 1:
+        x = _conv1x1(x, w, b)
+    else:
+        x = F.conv2d(x, w, b, padding=k // 2)
+    x = F.leaky_relu(x, ops.LRELU_SLOPE)
+    if clamp is not None:
+        x = x.clamp(-clamp * gain, clamp * gain)
+    return x
 
 
 class _ConvWeights(nn.Module):
@@ -316,8 +355,8 @@ class _ConvWeights(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1 / math.sqrt(in_channels * kernel * kernel)
 
-    def scaled(self) -> torch.Tensor:
-        return self.weight * self.weight_gain
+    def scaled(self, gain: float = 1.0) -> torch.Tensor:
+        return self.weight * (self.weight_gain * gain)
 
 
 class DiscriminatorEpilogue(nn.Module):
@@ -333,8 +372,7 @@ class DiscriminatorEpilogue(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = ops.minibatch_stddev(x, self.mbstd_group_size)  # [B, C+1, 4, 4]
-        x = ops.bias_lrelu(F.conv2d(x, self.conv.scaled(), padding=1), self.conv.bias, 1.0,
-                           self.conv_clamp)  # [B, C, 4, 4]
+        x = _lrelu_conv(self.conv, x, 1.0, self.conv_clamp)  # [B, C, 4, 4]
         h = self.fc(x.flatten(1))  # [B, C]
         return self.out(h).squeeze(1), self.features(h)  # [B], [B, f_dim]
 
@@ -370,6 +408,7 @@ class Discriminator(nn.Module):
         if c.ndim != 2 or c.shape != (img.shape[0], self.c_dim):
             raise ValueError(f"c must be [{img.shape[0]}, {self.c_dim}], got {list(c.shape)}")
         x = None
+        img = img.contiguous(memory_format=MEMORY_FORMAT)
         for block in self.blocks.values():
             x = block(x, img)  # [B, C, R/2, R/2] ... [B, C, 4, 4]
         out, f_s = self.epilogue(x)  # [B], [B, c_dim]

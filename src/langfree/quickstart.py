@@ -1,0 +1,197 @@
+"""The quickstart: the whole language-free pipeline on the embedded default, on a CPU.
+
+    shapes (3 disjoint seeds) -> small CLIP on captioned split -> LAFITE on the image-only
+    split (no captions anywhere in its archive) -> attribute evaluator -> report.json + grid.png
+
+Each stage reuses its output when it is already there (a rerun after an interruption picks up
+where it stopped); the LAFITE stage goes through the same ``langfree train lafite`` command a
+user runs, so the quickstart exercises the real code path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# Disjoint seeds: image i of seed s depends only on (s, i), so the three splits never share an image.
+CLIP_SEED, GAN_SEED, EVAL_SEED = 101, 202, 303
+
+
+@dataclass(frozen=True)
+class QuickstartPlan:
+    """Sizes of the quickstart; the defaults fit ~15 minutes on 2 CPU cores."""
+
+    resolution: int = 32
+    clip_images: int = 20000
+    gan_images: int = 20000
+    eval_images: int = 4000
+    clip_steps: int | None = None      # None: train_small_clip's default
+    clip_holdout: int = 1000           # held-out pairs for retrieval_top1
+    gan_kimg: float = 60.0
+    gan_batch: int = 32
+    tick_kimg: float = 4.0
+    attribute_samples: int = 945       # 7 colours x 5 shapes x 3 sizes x 9 positions
+    fid_samples: int = 2000
+    grid_prompts: int = 8
+    grid_seeds: int = 8
+    seed: int = 0
+
+
+SMOKE_PLAN = QuickstartPlan(clip_images=600, gan_images=600, eval_images=1200, clip_steps=20, clip_holdout=200,
+                            gan_kimg=0.256, gan_batch=16, tick_kimg=0.128, attribute_samples=45,
+                            fid_samples=64, grid_prompts=2, grid_seeds=2)
+
+
+class Stages:
+    """Prints one line per stage with its duration; everything else prints its own progress."""
+
+    def __init__(self, log: Callable[[str], None] = print) -> None:
+        self.log, self.t0 = log, time.time()
+
+    def start(self, text: str) -> float:
+        self.log(f"[quickstart {self.minutes():5.1f} min] {text}")
+        return time.time()
+
+    def minutes(self) -> float:
+        return (time.time() - self.t0) / 60
+
+
+def _write_shapes_split(dest: Path, count: int, resolution: int, seed: int, captions: bool) -> Path:
+    """A shapes archive; ``captions=False`` writes the images and their ground truth only, so the
+    generator's archive holds nothing a language model could read."""
+    from tqdm.auto import tqdm
+
+    from langfree.data.archive import ArchiveWriter
+    from langfree.data.shapes import draw_one
+
+    if dest.exists():
+        return dest
+    extra = {"generator": {"name": "shapes", "seed": seed, "captions": captions}}
+    with ArchiveWriter(dest, resolution, source="langfree quickstart", extra=extra) as writer:
+        for i in tqdm(range(count), desc=f"draw {dest.name}", unit="img", mininterval=1.0):
+            image, caps, attrs = draw_one(seed, i, resolution)
+            writer.add(image, captions=caps if captions else (), source=f"shapes/seed{seed}/{i}",
+                       attributes=attrs)
+    return dest
+
+
+def _train_clip(archive: Path, outdir: Path, plan: QuickstartPlan) -> dict:
+    from langfree.encoders.small_clip import train_small_clip
+
+    metrics_path = outdir / "metrics.json"
+    if metrics_path.exists() and (outdir / "encoder.json").exists():
+        return json.loads(metrics_path.read_text())
+    kwargs = {} if plan.clip_steps is None else {"steps": plan.clip_steps}
+    return train_small_clip(archive, outdir, seed=plan.seed, holdout=plan.clip_holdout, **kwargs)
+
+
+def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan
+                  ) -> Path:
+    """Language-free LAFITE through the user's command; returns the final snapshot."""
+    from langfree.checkpoint import list_snapshots
+    from langfree.cli import app
+
+    runs = sorted(p for p in outdir.glob("*") if p.is_dir()) if outdir.exists() else []
+    for run in reversed(runs):
+        done = run / "done.json"
+        if done.exists():
+            return Path(json.loads(done.read_text())["snapshot"])
+    argv = ["train", "lafite", "--data", str(data), "--test-data", str(test),
+            "--encoder", str(encoder_dir), "--preset", f"shapes{plan.resolution}",
+            "--mixing_prob", "1.0", "--kimg", str(plan.gan_kimg), "--batch", str(plan.gan_batch),
+            "--tick", str(plan.tick_kimg), "--snap", "1000", "--metrics", "none",
+            "--seed", str(plan.seed), "--outdir", str(outdir)]
+    app(argv, standalone_mode=False)
+    runs = sorted(p for p in outdir.glob("*") if p.is_dir())
+    snapshot = list_snapshots(runs[-1])[-1]
+    tmp = runs[-1] / "done.json.tmp"
+    tmp.write_text(json.dumps({"snapshot": str(snapshot)}))
+    os.replace(tmp, runs[-1] / "done.json")
+    return snapshot
+
+
+def _grid(family, encoder, outdir: Path, plan: QuickstartPlan) -> Path:
+    from langfree.data.shapes import prompt_grid
+    from langfree.sampling.generate import build_conditions, generate_grid, write_outputs
+
+    prompts = [p for p, _ in prompt_grid(plan.grid_prompts)]
+    seeds = list(range(plan.grid_seeds))
+    conditions = build_conditions(encoder, prompts, [])
+    images = generate_grid(family, conditions, seeds)
+    write_outputs(images, conditions, seeds, outdir / "samples")
+    os.replace(outdir / "samples" / "grid.png", outdir / "grid.png")
+    return outdir / "grid.png"
+
+
+def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartPlan(),
+                   log: Callable[[str], None] = print) -> dict:
+    """Run every stage; returns the report (also written to ``outdir/report.json``)."""
+    import torch
+
+    from langfree.checkpoint import load_snapshot
+    from langfree.encoders import load_encoder
+    from langfree.metrics import compute_metrics
+    from langfree.metrics.attributes import load_attribute_evaluator, train_attribute_evaluator
+
+    out = Path(outdir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    stages = Stages(log)
+    R = plan.resolution
+
+    stages.start("1/6 drawing shapes: captioned split (CLIP), image-only split (LAFITE), eval split")
+    clip_zip = _write_shapes_split(out / "data" / "clip-captioned.zip", plan.clip_images, R, CLIP_SEED, True)
+    gan_zip = _write_shapes_split(out / "data" / "gan-images-only.zip", plan.gan_images, R, GAN_SEED, False)
+    eval_zip = _write_shapes_split(out / "data" / "eval.zip", plan.eval_images, R, EVAL_SEED, True)
+
+    stages.start("2/6 training the small CLIP on the captioned split")
+    clip_metrics = _train_clip(clip_zip, out / "clip", plan)
+    log(f"    CLIP retrieval_top1 {clip_metrics.get('retrieval_top1')}")
+
+    stages.start("3/6 training the attribute evaluator on the eval split (its held-out accuracy is the ceiling)")
+    evaluator_dir = out / "evaluator"
+    if (evaluator_dir / "evaluator.json").exists():
+        evaluator = load_attribute_evaluator(evaluator_dir)
+        ceiling = evaluator.ceiling
+    else:
+        evaluator, ceiling = train_attribute_evaluator(eval_zip, evaluator_dir, seed=plan.seed, log=log)
+
+    stages.start(f"4/6 training LAFITE language-free on {plan.gan_images} images without captions "
+                 f"({plan.gan_kimg:g} kimg)")
+    t_gan = time.time()
+    snapshot = _train_lafite(gan_zip, eval_zip, out / "clip", out / "runs", plan)
+    gan_minutes = (time.time() - t_gan) / 60
+
+    stages.start("5/6 evaluating: attribute accuracy, R-precision, FID")
+    encoder = load_encoder(str(out / "clip"))
+    family = load_snapshot(snapshot, encoder=encoder)
+    torch.manual_seed(plan.seed)
+    results = compute_metrics(
+        [f"attribute_accuracy", "r_precision", f"fid{plan.fid_samples}_full"],
+        family.sample, encoder, eval_zip, evaluator=evaluator, num=None, seed=plan.seed)
+
+    stages.start("6/6 drawing grid.png from prompts")
+    grid = _grid(family, encoder, out, plan)
+
+    manifest = json.loads((snapshot / "manifest.json").read_text())
+    acc = results["attribute_accuracy"]
+    report = {
+        "attribute_accuracy": {k: acc.get(k) for k in ("color", "shape", "size", "position", "overall")},
+        "attribute_ceiling_real_images": ceiling,
+        "r_precision": results["r_precision"],
+        "fid": results[f"fid{plan.fid_samples}_full"],
+        "clip": clip_metrics,
+        "kimg": manifest.get("kimg"),
+        "gan_minutes": round(gan_minutes, 2),
+        "minutes": round(stages.minutes(), 2),
+        "snapshot": str(snapshot),
+        "grid": str(grid),
+        "plan": plan.__dict__,
+    }
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, out / "report.json")
+    return report
