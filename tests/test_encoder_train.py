@@ -76,7 +76,7 @@ def test_retrieval_hit_rule_counts_identical_main_attributes(shapes_zip):
 
     archive = ImageArchive(shapes_zip)
     indices = list(range(60))
-    main = lambda a: (a["shape"], a["color"], a["size"], a["position"])  # noqa: E731
+    main = lambda a: (a["shape"], a["color"], a["size"], a["position"])
     m = retrieval_metrics(_Oracle(archive, indices, main), archive, indices)
     assert m["eval_pairs"] == 60
     assert m["retrieval_top1"] == 1.0 and m["image_to_text_top1"] == 1.0

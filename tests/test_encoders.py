@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from langfree.encoders import (
-    EncoderUnavailable, OpenClipEncoder, TextImageEncoder, load_encoder, save_random_small_clip,
+    EncoderUnavailable,
+    OpenClipEncoder,
+    TextImageEncoder,
+    load_encoder,
+    save_random_small_clip,
 )
 
 
@@ -54,8 +58,9 @@ def test_preprocess_resizes_and_normalises(tiny):
 
 
 def test_round_trip_identical_embeddings(tiny_dir, tiny, tmp_path):
-    from langfree.encoders import save_small_clip
     import json
+
+    from langfree.encoders import save_small_clip
 
     cfg = json.loads((tiny_dir / "encoder.json").read_text())["model_cfg"]
     save_small_clip(tiny.model, cfg, tmp_path / "copy")

@@ -8,7 +8,11 @@ from typer.testing import CliRunner
 import langfree.data.features as F
 from langfree.data.archive import ArchiveWriter, ImageArchive
 from langfree.data.features import (
-    ConditionedDataset, caption_choice, encode_archive, encoder_fingerprint, load_features,
+    ConditionedDataset,
+    caption_choice,
+    encode_archive,
+    encoder_fingerprint,
+    load_features,
 )
 from langfree.data.shapes import write_shapes
 from langfree.encoders import load_encoder, save_random_small_clip

@@ -16,8 +16,10 @@ class PixelEncoder:
     write a condition into the image and the encoder reads it back (an 'oracle' sampler)."""
 
     spec = "test:pixel"
-    embed_dim = 16
     image_size = 32
+
+    def __init__(self, embed_dim: int = 16) -> None:
+        self.embed_dim = embed_dim
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         rows = []

@@ -1,9 +1,48 @@
-"""CLI commands (owner fills in)."""
+"""``langfree convert ...``: import official checkpoints as langfree snapshots (tensors only)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(group: typer.Typer) -> None:
-    pass
+    group.command("lafite-pkl")(lafite_pkl)
+
+
+def lafite_pkl(
+    src: Path = typer.Argument(..., help="Official LAFITE network-snapshot-*.pkl (drboog/Lafite)."),
+    dest: Path = typer.Argument(..., help="Snapshot directory to write (must not exist)."),
+    preset: str = typer.Option(None, "--preset",
+                               help="LAFITE preset whose training settings to keep (e.g. coco256); "
+                                    "the architecture always comes from the pickle."),
+    overrides: list[str] = typer.Option([], "--set", "--config",
+                                        help="Config override KEY=VALUE (repeatable), applied last, "
+                                             "e.g. --set d_projection=per_sample."),
+) -> None:
+    """Convert an official LAFITE pickle into a langfree snapshot, running none of its code.
+
+    The pickle is read by a restricted unpickler that rebuilds tensors only; a file that tries to
+    run code is refused.
+    """
+    from langfree.config import ConfigError
+    from langfree.families.lafite.config import preset as lafite_preset
+    from langfree.families.lafite.convert import (UnsafePickleError, official_config, read_official,
+                                                  write_snapshot)
+
+    if dest.exists():
+        raise typer.BadParameter(f"{dest} already exists; choose a new snapshot directory",
+                                 param_hint="DEST")
+    try:
+        base = lafite_preset(preset) if preset else None
+        states, arch = read_official(src)
+        config = official_config(arch, base, overrides)
+        out = write_snapshot(states, config, dest, src.name)
+    except UnsafePickleError as e:
+        typer.echo(f"error: {src}: {e}", err=True)
+        raise typer.Exit(2) from None
+    except (FileNotFoundError, ValueError, ConfigError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {out} (architecture {arch})")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from langfree.encoders.small_clip import (
-    DEFAULT_BATCH, DEFAULT_EMBED_DIM, DEFAULT_LR, DEFAULT_STEPS,
+from langfree.encoders import (
+    SMALL_CLIP_BATCH,
+    SMALL_CLIP_EMBED_DIM,
+    SMALL_CLIP_LR,
+    SMALL_CLIP_STEPS,
 )
 
 
@@ -18,15 +22,15 @@ def _fail(message: str) -> None:
 
 
 def encoder_train(
-    archive: Path = typer.Argument(..., help="Captioned archive (e.g. from 'langfree shapes')."),
-    outdir: Path = typer.Option(..., "--outdir", help="Directory for encoder.json, encoder.safetensors, metrics.json."),
-    steps: int = typer.Option(DEFAULT_STEPS, help="Optimiser steps."),
-    batch: int = typer.Option(DEFAULT_BATCH, help="Image-caption pairs per step (contrastive batch)."),
-    seed: int = typer.Option(0, help="Seed for initialisation, batches, captions and the held-out split."),
-    embed_dim: int = typer.Option(DEFAULT_EMBED_DIM, "--embed-dim", help="Joint embedding size D."),
-    lr: float = typer.Option(DEFAULT_LR, help="Peak AdamW learning rate (cosine schedule, warm-up)."),
-    holdout: int = typer.Option(1000, help="Images held out for the retrieval metrics."),
-    eval_every: int = typer.Option(0, "--eval-every", help="Also print held-out retrieval every N steps (0: only at the end)."),
+    archive: Annotated[Path, typer.Argument(help="Captioned archive (e.g. from 'langfree shapes').")],
+    outdir: Annotated[Path, typer.Option("--outdir", help="Directory for encoder.json, encoder.safetensors, metrics.json.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = SMALL_CLIP_STEPS,
+    batch: Annotated[int, typer.Option(help="Image-caption pairs per step (contrastive batch).")] = SMALL_CLIP_BATCH,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, batches, captions and the held-out split.")] = 0,
+    embed_dim: Annotated[int, typer.Option("--embed-dim", help="Joint embedding size D.")] = SMALL_CLIP_EMBED_DIM,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate (cosine schedule, warm-up).")] = SMALL_CLIP_LR,
+    holdout: Annotated[int, typer.Option(help="Images held out for the retrieval metrics.")] = 1000,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Also print held-out retrieval every N steps (0: only at the end).")] = 0,
 ) -> None:
     """Train langfree's small CLIP on a captioned archive; prints its held-out retrieval metrics."""
     from langfree.data.archive import ArchiveError
@@ -43,9 +47,9 @@ def encoder_train(
 
 
 def encode(
-    archive: Path = typer.Argument(..., help="Archive whose images and captions to embed."),
-    encoder: str = typer.Option(..., "--encoder", help="open_clip:MODEL/TAG, open_clip:MODEL@/path/weights, or an encoder directory."),
-    batch: int = typer.Option(256, "--batch", help="Images (and captions) per encoder call."),
+    archive: Annotated[Path, typer.Argument(help="Archive whose images and captions to embed.")],
+    encoder: Annotated[str, typer.Option("--encoder", help="open_clip:MODEL/TAG, open_clip:MODEL@/path/weights, or an encoder directory.")],
+    batch: Annotated[int, typer.Option("--batch", help="Images (and captions) per encoder call.")] = 256,
 ) -> None:
     """Precompute image and caption embeddings into a sidecar next to the archive (reused when present)."""
     from langfree.data.archive import ArchiveError

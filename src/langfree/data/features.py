@@ -91,12 +91,12 @@ def _resolve_encoder(encoder):
 
 
 def _valid(path: Path, fingerprint: str, digest: str) -> bool:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except Exception:  # unreadable or truncated: recompute
+    except (OSError, SafetensorError):  # unreadable or truncated: recompute
         return False
     return (meta.get("format") == FORMAT and meta.get("version") == str(VERSION)
             and meta.get("fingerprint") == fingerprint and meta.get("archive_digest") == digest)
@@ -124,7 +124,8 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
 
     ``encoder``: a TextImageEncoder or a spec string. ``progress=None`` shows a bar on a terminal.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from langfree.data.archive import ImageArchive
@@ -157,10 +158,11 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
                     chunks.append(load_file(str(chunk_file)))
                     bar.update(stop - start)
                     continue
-                except Exception:  # a damaged chunk is recomputed
+                except (OSError, SafetensorError):  # a damaged chunk is recomputed
                     chunk_file.unlink()
             chunk = _encode_chunk(archive, encoder, start, stop, batch_size, bar)
-            _save_atomic(save_file, chunk, chunk_file)
+            partial.mkdir(exist_ok=True)  # another process finishing first may have removed it
+            _save_atomic(chunk, chunk_file)
             chunks.append(chunk)
 
     counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(n)], dtype=torch.int64)
@@ -169,7 +171,7 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
                "caption_offsets": torch.cumsum(counts, 0)}
     meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint,
             "archive_digest": digest, "spec": encoder.spec, "count": str(n)}
-    _save_atomic(save_file, tensors, dest, metadata=meta)
+    _save_atomic(tensors, dest, metadata=meta)
     shutil.rmtree(partial, ignore_errors=True)
     return dest
 
@@ -184,7 +186,7 @@ def load_features(archive_path: str | os.PathLike, encoder, batch_size: int = 25
     path = encode_archive(archive_path, encoder, batch_size=batch_size, progress=progress)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}
+        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     return Features(image_emb=t["image_emb"], caption_emb=t["caption_emb"],
                     caption_offsets=t["caption_offsets"], fingerprint=meta["fingerprint"],
                     spec=meta["spec"], path=path)
@@ -245,13 +247,10 @@ def _write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _save_atomic(save_file, tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    _write_atomic(path, save(tensors, metadata=metadata))
 
 
 def _read_json(path: Path):

@@ -87,7 +87,7 @@ class OpenClipEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device: torch.device | str) -> "OpenClipEncoder":
+    def to(self, device: torch.device | str) -> OpenClipEncoder:
         self.model.to(device)
         self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self

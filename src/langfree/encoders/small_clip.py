@@ -25,8 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from langfree.encoders import (
+    SMALL_CLIP_BATCH,
+    SMALL_CLIP_EMBED_DIM,
+    SMALL_CLIP_LR,
+    SMALL_CLIP_STEPS,
+)
 from langfree.encoders.clip import (
-    ENCODER_JSON, EncoderUnavailable, OpenClipEncoder, clip_preprocess,
+    ENCODER_JSON,
+    EncoderUnavailable,
+    OpenClipEncoder,
+    clip_preprocess,
 )
 
 FORMAT = "langfree-encoder"
@@ -37,12 +46,8 @@ TOKENIZER = "ViT-B-32"  # any open_clip name whose tokenizer is the bundled 49 4
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP constants, as open_clip uses by default
 STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Defaults of `langfree encoder train` (and the quickstart): on 20 000 shapes images at 32 px,
-# 400 steps of batch 256 reach retrieval_top1 >= 0.95 (measured; see metrics.json of a run).
-DEFAULT_STEPS = 400
-DEFAULT_BATCH = 256
-DEFAULT_LR = 2e-3
-DEFAULT_EMBED_DIM = 128
+DEFAULT_STEPS, DEFAULT_BATCH = SMALL_CLIP_STEPS, SMALL_CLIP_BATCH  # see langfree/encoders/__init__.py
+DEFAULT_LR, DEFAULT_EMBED_DIM = SMALL_CLIP_LR, SMALL_CLIP_EMBED_DIM
 
 
 def small_clip_config(embed_dim: int = DEFAULT_EMBED_DIM, width: int = 64, vision_layers: int = 4,
@@ -273,7 +278,7 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     encoder = _encoder(model, meta, spec=str(Path(outdir).resolve()))  # eval(), frozen
     metrics = retrieval_metrics(encoder, archive, eval_idx, seed=seed)
     metrics.update({"final_loss": loss_value, "steps": steps, "batch": batch, "seed": seed, "lr": lr,
-                    "train_images": int(len(train_idx)), "train_seconds": round(seconds, 1),
+                    "train_images": len(train_idx), "train_seconds": round(seconds, 1),
                     "images_per_second": round(steps * batch / seconds, 1),
                     "torch_threads": torch.get_num_threads()})
     train_info = {"archive": str(Path(archive_path).resolve()), "steps": steps, "batch": batch,

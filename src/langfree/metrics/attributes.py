@@ -157,7 +157,7 @@ def load_attribute_evaluator(path: str | os.PathLike) -> AttributeEvaluator:
 
 
 def train_attribute_evaluator(archive_path: str | os.PathLike, outdir: str | os.PathLike | None = None,
-                              *, epochs: int = 6, batch: int = 64, lr: float = 2e-3,
+                              *, epochs: int = 10, batch: int = 32, lr: float = 2e-3,
                               heldout: float = 0.1, max_images: int | None = None, seed: int = 0,
                               resolution: int = 32, width: int = 32,
                               log: Callable[[str], None] | None = None

@@ -47,11 +47,16 @@ def train(
     """Train ``family`` on ``dataset`` (keys contract: see sampler.py). Returns the run dir."""
     procs = Processes(options)
     resolved = resolve_options(family, options, procs)
-    config = full_config(family, run_config, resolved)
+    # default=str: Paths and other plain values in run_config are recorded as text
+    config = json.loads(json.dumps(full_config(family, run_config, resolved), default=str))
     if options.dry_run:
         if procs.rank == 0:
             print(json.dumps(config, indent=2))
         return st.new_run_dir(options.outdir, run_desc(family, options))
+    if dataset is None or len(dataset) == 0:
+        raise TrainingError(
+            "no training data: pass a non-empty dataset (only --dry-run runs without)"
+        )
     run_dir, state_dir = None, None
     if procs.rank == 0:
         if options.resume:

@@ -109,7 +109,7 @@ PRESETS: dict[str, LafiteConfig] = {
     # ignore them. No path-length regulariser: it costs a G pass every 4 steps for a smoothness
     # that does not show at 32 px.
     "shapes32": LafiteConfig(
-        resolution=32, z_dim=64, w_dim=128, channel_base=2048, channel_max=64,
+        resolution=32, z_dim=64, w_dim=128, channel_base=1024, channel_max=32,
         mapping_layers=2, change_resolution=32, mbstd_group_size=4,
         image_weight=0.5, image_noise=0.5, perturb_hidden=256,
         temperature=0.1, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,

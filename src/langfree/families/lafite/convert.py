@@ -19,7 +19,6 @@ The FIR filter buffers (``resample_filter``) are constants here and are dropped.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import re
 from collections import OrderedDict
@@ -164,7 +163,12 @@ def load_official_pickle(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; pass an official network-snapshot-*.pkl")
     with open(path, "rb") as f:
-        data = RestrictedUnpickler(f).load()
+        try:
+            data = RestrictedUnpickler(f).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as e:
+            raise ValueError(f"{path}: not a readable LAFITE network pickle ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict with G, G_ema, D, got {type(data).__name__}")
     return data
@@ -262,13 +266,17 @@ def infer_architecture(G: dict[str, torch.Tensor], D: dict[str, torch.Tensor],
         "mapping_layers": len(fc),
         "change_resolution": int(hints.get("change") or (max(concat) if concat else 2)),
         "mbstd_group_size": int(hints.get("mbstd_group_size") or 4),
-        "conv_clamp": hints.get("conv_clamp"),
+        "conv_clamp": _int_or_none(hints.get("conv_clamp")),
     }
     d_fdim = D["b4.fts.weight"].shape[0] if "b4.fts.weight" in D else None
     if d_fdim != arch["c_dim"]:
         raise ValueError(f"official D's feature head has {d_fdim} outputs but G's condition is "
                          f"{arch['c_dim']}-d; these networks do not belong together")
     return arch
+
+
+def _int_or_none(value):
+    return None if value is None else int(value) if float(value).is_integer() else float(value)
 
 
 def _infer_channel_base(channels: dict[int, int], channel_max: int) -> int:
@@ -317,29 +325,38 @@ def read_official(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]],
     return states, infer_architecture(G, stubs["D"], _hints(data))
 
 
-def convert_pickle(src: str | Path, dest: str | Path, overrides: dict[str, Any] | None = None,
-                   base=None) -> Path:
-    """Official pickle -> langfree snapshot at ``dest`` (G, G_ema, D; kimg 0).
-
-    ``base``: a LafiteConfig whose non-architecture fields (losses, optimiser) are kept;
-    ``overrides``: LafiteConfig fields applied last (e.g. d_projection='batch_sum').
-    """
+def official_config(arch: dict[str, Any], base=None, overrides: list[str] | tuple = ()):
+    """LafiteConfig = ``base`` (training settings; default LafiteConfig()) + the pickle's
+    architecture + the official D's batch-sum projection, then ``--set`` style ``overrides``."""
     import dataclasses
 
-    from langfree.checkpoint import save_snapshot
+    from langfree.config import apply_overrides, to_dict
     from langfree.families.lafite.config import LafiteConfig
+
+    merged = dataclasses.replace(base or LafiteConfig(), **arch, d_projection="batch_sum")
+    return apply_overrides(LafiteConfig, to_dict(merged), list(overrides))
+
+
+def write_snapshot(states: dict[str, dict[str, torch.Tensor]], config, dest: str | Path,
+                   source: str = "") -> Path:
+    """Load converted ``states`` into a LafiteFamily built from ``config``; save it at ``dest``."""
+    from langfree.checkpoint import save_snapshot
     from langfree.families.lafite.family import LafiteFamily
 
-    states, arch = read_official(src)
-    # The official D adds a batch-wide projection sum; keep that form so outputs agree.
-    fields = {**arch, "d_projection": "batch_sum", **(overrides or {})}
-    config = dataclasses.replace(base or LafiteConfig(), **fields)
     family = LafiteFamily(config, None)
     mods = family.modules()
     for name, state in states.items():
         missing, unexpected = mods[name].load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{src}: {name} does not match the inferred architecture {arch}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    extra = {"converted_from": str(Path(src).name), "source": "drboog/Lafite pickle"}
+            raise ValueError(f"{name} does not match the config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]} (did a --set change the architecture?)")
+    extra = {"converted_from": source, "source_format": "drboog/Lafite network pickle"}
     return save_snapshot(dest, family, kimg=0.0, extra=extra)
+
+
+def convert_pickle(src: str | Path, dest: str | Path, base=None,
+                   overrides: list[str] | tuple = ()) -> Path:
+    """Official pickle -> langfree snapshot at ``dest`` (G, G_ema, D; kimg 0). See
+    ``official_config`` for ``base`` and ``overrides``."""
+    states, arch = read_official(src)
+    return write_snapshot(states, official_config(arch, base, overrides), dest, Path(src).name)
