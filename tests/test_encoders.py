@@ -152,3 +152,27 @@ def test_weights_of_another_architecture_are_refused(vit_b32_file):
     _, path = vit_b32_file
     with pytest.raises(EncoderUnavailable, match="could not load"):
         load_encoder(f"open_clip:RN50@{path}")
+
+
+@pytest.mark.timeout(120)
+def test_offline_pretrained_tag_loads_from_the_local_hub_cache(vit_b32_file, tmp_path, monkeypatch):
+    """A tag whose weights are already in the Hugging Face cache loads offline (with the tag's
+    QuickGELU setting), through open_clip's own resolution."""
+    import shutil
+
+    import huggingface_hub.constants as hf
+
+    model, path = vit_b32_file
+    snapshot = tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    shutil.copy(path, snapshot / "open_clip_model.safetensors")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    enc = load_encoder("open_clip:ViT-B-32/openai")
+    assert enc.spec == "open_clip:ViT-B-32/openai"
+    assert type(enc.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    for name, value in model.state_dict().items():  # the cached file's weights, not random ones
+        assert torch.equal(enc.model.state_dict()[name], value), name

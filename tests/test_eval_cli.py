@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny_family
 import torch
+from test_metrics_helpers import PixelEncoder
 from typer.testing import CliRunner
 
-import tiny_family
 from langfree.checkpoint import save_snapshot
 from langfree.cli import app
 from langfree.data.shapes import write_shapes
-from test_metrics_helpers import PixelEncoder
 
 
 @pytest.fixture
@@ -57,6 +57,14 @@ def test_eval_writes_json_and_metrics_jsonl(setup):
     for name in ("fid24_full", "kid24_full", "clip_score24", "r_precision24"):
         assert again[name]["value"] == results[name]["value"]  # deterministic per seed
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 12
+    # the cached evaluator beside the archive is retrained when the archive is rewritten
+    meta = data.parent / "ref.attribute-evaluator" / "evaluator.json"
+    write_shapes(data, 30, 8, seed=5)
+    third = CliRunner().invoke(app, ["eval", str(run), "--metrics", "attribute_accuracy10",
+                                     "--data", str(data), "--no-write"])
+    assert third.exit_code == 0, third.output
+    assert json.loads(meta.read_text())["train"]["archive_bytes"] == data.stat().st_size
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 12  # --no-write
 
 
 def test_eval_errors_are_one_clear_line(setup, tmp_path):

@@ -253,3 +253,15 @@ def test_coco256_parameter_count_matches_paper():
     G, D = build_networks(preset("coco256"))
     g, d = count_parameters(G) / 1e6, count_parameters(D) / 1e6
     assert abs(g - 45.0) < 1.0 and abs(d - 29.1) < 1.0, (g, d)
+
+
+def test_g_condition_gain_scales_what_g_sees():
+    import numpy as np
+
+    torch.manual_seed(0)
+    fam = _family(g_condition_gain=3.0)
+    cond = F.normalize(torch.randn(2, 16), dim=-1)
+    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(8) for s in (4, 5)])).float()
+    with torch.no_grad():
+        want = fam.G_ema.eval()(z, cond * 3.0, noise_mode="const").clamp(-1, 1)
+    assert torch.allclose(fam.sample(cond, [4, 5]), want, atol=1e-6)

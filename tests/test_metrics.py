@@ -8,12 +8,18 @@ import urllib.request
 
 import pytest
 import torch
+from test_metrics_helpers import PixelEncoder, tiny_extractor, write_condition
 
 from langfree.data.archive import ImageArchive
 from langfree.data.shapes import write_shapes
-from langfree.metrics import (ExtractorUnavailable, compute_metrics, frechet_distance,
-                              inception_extractor, kernel_distance, parse_metric)
-from test_metrics_helpers import PixelEncoder, tiny_extractor, write_condition
+from langfree.metrics import (
+    ExtractorUnavailable,
+    compute_metrics,
+    frechet_distance,
+    inception_extractor,
+    kernel_distance,
+    parse_metric,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -178,7 +184,7 @@ def test_samples_are_deterministic_per_seed(ref):
         seen.extend(seeds)
         return noise_generator(conditions, seeds)
 
-    kw = dict(extractor=tiny_extractor(), batch=7)
+    kw = {"extractor": tiny_extractor(), "batch": 7}
     a = compute_metrics(["fid20_full", "r_precision20"], recording, PixelEncoder(), ref, seed=5, **kw)
     assert seen == list(range(5, 25))  # sample i uses seed 5 + i, generated once for both metrics
     b = compute_metrics(["fid20_full", "r_precision20"], recording, PixelEncoder(), ref, seed=5, **kw)

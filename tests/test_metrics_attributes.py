@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from test_metrics_helpers import PixelEncoder
 
 from langfree.data import shapes
-from langfree.metrics import (attribute_accuracy, balanced_prompts, compute_metrics,
-                              load_attribute_evaluator, train_attribute_evaluator)
-from test_metrics_helpers import PixelEncoder
+from langfree.metrics import (
+    attribute_accuracy,
+    balanced_prompts,
+    compute_metrics,
+    load_attribute_evaluator,
+    train_attribute_evaluator,
+)
 
 N = 135  # 1/7 of the 945 combinations: every class of every attribute appears
 

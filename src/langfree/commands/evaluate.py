@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -16,20 +16,21 @@ def _fail(message: str) -> None:
 
 
 def evaluate(
-    snapshot: Path = typer.Argument(..., help="Snapshot directory, or a run directory (its latest snapshot)."),
-    metrics: str = typer.Option(..., "--metrics", help="Comma-separated names: fid10k_full, kid10k_full, "
-                                "is10k, clip_score, r_precision, attribute_accuracy, fid500_full, ..."),
-    data: Path = typer.Option(..., "--data", help="Reference archive (.zip); its captions condition generation."),
-    inception: Optional[Path] = typer.Option(None, "--inception", help="Local Inception-v3 2015-12-05 weights "
-                                             "(.pth state dict). Without it FID/KID use the encoder's image "
-                                             "tower (named in the output) and IS is unavailable."),
-    num: Optional[int] = typer.Option(None, "--num", min=2, help="Override the sample count in every name."),
-    seed: int = typer.Option(0, "--seed", help="Sample i uses seed + i."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec overriding the snapshot's."),
-    evaluator: Optional[Path] = typer.Option(None, "--evaluator", help="Attribute evaluator dir (default: "
-                                             "<data>.attribute-evaluator beside the archive, trained once)."),
-    batch: int = typer.Option(32, "--batch", min=1, help="Images per generation / feature batch."),
-    no_write: bool = typer.Option(False, "--no-write", help="Print only; do not append to metrics.jsonl."),
+    snapshot: Annotated[Path, typer.Argument(help="Snapshot directory, or a run directory (its latest snapshot).")],
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated names: fid10k_full, kid10k_full, "
+                                         "is10k, clip_score, r_precision, attribute_accuracy, fid500_full, ...")],
+    data: Annotated[Path, typer.Option("--data", help="Reference archive (.zip); its captions condition generation.")],
+    inception: Annotated[Path | None, typer.Option("--inception", help="Local Inception-v3 2015-12-05 weights "
+                                                   "(.pth state dict). Without it FID/KID use the encoder's image "
+                                                   "tower (named in the output) and IS is unavailable.")] = None,
+    num: Annotated[int | None, typer.Option("--num", min=2, help="Override the sample count in every name.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sample i uses seed + i.")] = 0,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="Encoder spec overriding the snapshot's.")] = None,
+    evaluator: Annotated[Path | None, typer.Option("--evaluator", help="Attribute evaluator dir (default: "
+                                                   "<data>.attribute-evaluator beside the archive, trained "
+                                                   "once).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per generation / feature batch.")] = 32,
+    no_write: Annotated[bool, typer.Option("--no-write", help="Print only; do not append to metrics.jsonl.")] = False,
 ) -> None:
     """Compute metrics; prints JSON and appends one line per metric to the run's metrics.jsonl."""
     from langfree.checkpoint import SnapshotError

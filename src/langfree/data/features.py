@@ -124,10 +124,6 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
 
     ``encoder``: a TextImageEncoder or a spec string. ``progress=None`` shows a bar on a terminal.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-
     from langfree.data.archive import ImageArchive
 
     encoder = _resolve_encoder(encoder)
@@ -145,9 +141,27 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
         shutil.rmtree(partial)  # chunks of another version of the archive: start over
     partial.mkdir(exist_ok=True)
     _write_atomic(partial / "stamp.json", json.dumps(stamp).encode())
+    chunks = _encode_in_chunks(archive, encoder, partial, batch_size, chunk_images, progress)
 
-    n = len(archive)
-    chunks = []
+    counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(len(archive))], dtype=torch.int64)
+    tensors = {"image_emb": torch.cat([c["image_emb"] for c in chunks]),  # [N, D]
+               "caption_emb": torch.cat([c["caption_emb"] for c in chunks]),  # [M, D]
+               "caption_offsets": torch.cumsum(counts, 0)}  # [N + 1]
+    meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint,
+            "archive_digest": digest, "spec": encoder.spec, "count": str(len(archive))}
+    _save_atomic(tensors, dest, metadata=meta)
+    shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
+def _encode_in_chunks(archive, encoder, partial: Path, batch_size: int, chunk_images: int,
+                      progress: bool | None) -> list[dict]:
+    """Every chunk's embeddings, reusing the ones a previous (interrupted) run saved in ``partial``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    n, chunks = len(archive), []
     with tqdm(total=n, desc=f"encode {archive.path.name}", unit="img",
               disable=None if progress is None else not progress) as bar:
         for start in range(0, n, chunk_images):
@@ -164,16 +178,7 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
             partial.mkdir(exist_ok=True)  # another process finishing first may have removed it
             _save_atomic(chunk, chunk_file)
             chunks.append(chunk)
-
-    counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(n)], dtype=torch.int64)
-    tensors = {"image_emb": torch.cat([c["image_emb"] for c in chunks]),
-               "caption_emb": torch.cat([c["caption_emb"] for c in chunks]),
-               "caption_offsets": torch.cumsum(counts, 0)}
-    meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint,
-            "archive_digest": digest, "spec": encoder.spec, "count": str(n)}
-    _save_atomic(tensors, dest, metadata=meta)
-    shutil.rmtree(partial, ignore_errors=True)
-    return dest
+    return chunks
 
 
 def load_features(archive_path: str | os.PathLike, encoder, batch_size: int = 256,

@@ -3,7 +3,9 @@
 Specs (recorded in run configs and snapshots, so ``load_encoder(spec)`` rebuilds the encoder):
   - ``open_clip:MODEL/TAG``        an open_clip model with a pretrained tag (``ViT-B-32/openai``);
   - ``open_clip:MODEL@/path/w.pt`` the same architecture with weights from a local file
-                                   (``.safetensors``, ``.pt``, ``.bin``: tensors only);
+                                   (``.safetensors``, ``.pt``, ``.bin``: tensors only, read with
+                                   ``weights_only``); OpenAI's own weights need the
+                                   ``-quickgelu`` name, e.g. ``ViT-B-32-quickgelu``;
   - ``/path/to/dir``               a small CLIP written by ``langfree encoder train``.
 
 Nothing here falls back to random weights: weights that cannot be found raise
@@ -237,9 +239,9 @@ def _tag_is_cached(tag_cfg: dict) -> bool:
         from huggingface_hub import try_to_load_from_cache
 
         repo, filename = os.path.split(hub)
-        names = [filename] if filename else [
-            "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-            "open_clip_pytorch_model.bin"]
+        filename = filename or "open_clip_pytorch_model.bin"
+        # open_clip looks for safetensors twins of a .bin first
+        names = [filename, filename.replace(".bin", ".safetensors"), "open_clip_model.safetensors"]
         return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
     url = tag_cfg.get("url", "")
     return bool(url) and (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file()

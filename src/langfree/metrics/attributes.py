@@ -18,8 +18,8 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,8 @@ class AttributeEvaluator:
         out: dict[str, list[torch.Tensor]] = {k: [] for k in self.attributes}
         for i in range(0, len(images), batch):
             logits = self.net(self.prepare(images[i:i + batch]))
-            for k in out:
-                out[k].append(logits[k].argmax(1))
+            for k, preds in out.items():
+                preds.append(logits[k].argmax(1))
         return {k: torch.cat(v) for k, v in out.items()}
 
     def accuracy(self, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -173,11 +173,11 @@ def train_attribute_evaluator(archive_path: str | os.PathLike, outdir: str | os.
     attributes = {k: list(ATTRIBUTES[k]) for k in JUDGED}
     count = len(archive) if max_images is None else min(len(archive), max_images)
     order = torch.randperm(len(archive), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    n_test = max(1, int(round(count * heldout)))
+    n_test = max(1, round(count * heldout))
     if count - n_test < 2:
         raise ValueError(f"{archive_path} has {count} images; the evaluator needs at least a few "
                          "hundred (write a larger shapes archive)")
-    test_idx, train_idx = order[:n_test], order[n_test:]
+    train_idx = order[n_test:]
     images = archive.images(order)  # uint8 [count, 3, R, R]
     labels = _labels(archive, order, attributes)
 
@@ -208,7 +208,9 @@ def train_attribute_evaluator(archive_path: str | os.PathLike, outdir: str | os.
     net.eval()
     ceiling = evaluator.accuracy(x_test, y_test)
     evaluator.ceiling = ceiling
-    evaluator.info = {"train": {"archive": str(Path(archive_path).resolve()), "train_images": len(train_idx),
+    evaluator.info = {"train": {"archive": str(Path(archive_path).resolve()),
+                                "archive_bytes": Path(archive_path).stat().st_size,
+                                "train_images": len(train_idx),
                                 "heldout_images": n_test, "epochs": epochs, "seed": seed,
                                 "seconds": round(time.time() - start, 1)}}
     if outdir is not None:

@@ -14,9 +14,9 @@ encoder's image tower and say so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -58,7 +58,7 @@ def _check_inception_file(path: Path) -> None:
                                    "2015-12-05 Inception-v3 state dict (.pth) or omit --inception")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable here
+    except Exception as exc:  # any failure means the file is unusable here
         raise ExtractorUnavailable(f"cannot read {path} as a tensor-only PyTorch state dict "
                                    f"({type(exc).__name__}: {exc}); pass torch-fidelity's "
                                    "weights-inception-2015-12-05-6726825d.pth") from exc

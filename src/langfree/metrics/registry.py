@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from langfree.encoders.base import TextImageEncoder
 from langfree.metrics.attributes import AttributeEvaluator, attribute_accuracy, to_uint8
-from langfree.metrics.distribution import frechet_distance, inception_score, kernel_distance
+from langfree.metrics.distribution import (
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+)
 from langfree.metrics.extractors import FeatureExtractor, resolve_extractor
 
 Generate = Callable[[torch.Tensor, list[int]], torch.Tensor]

@@ -12,8 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from langfree.metrics.attributes import (AttributeEvaluator, load_attribute_evaluator,
-                                         train_attribute_evaluator)
+from langfree.metrics.attributes import (
+    AttributeEvaluator,
+    load_attribute_evaluator,
+    train_attribute_evaluator,
+)
 from langfree.metrics.registry import compute_metrics, parse_metric
 
 
@@ -47,9 +50,13 @@ def ensure_evaluator(evaluator_dir: str | os.PathLike | None, data: str | os.Pat
     ``data`` (a shapes archive with attributes) the first time."""
     path = Path(evaluator_dir) if evaluator_dir is not None else default_evaluator_dir(data)
     if (path / "evaluator.json").is_file():
-        return load_attribute_evaluator(path)
+        evaluator = load_attribute_evaluator(path)
+        trained_on = evaluator.info.get("train", {})
+        # A cached evaluator beside an archive that was rewritten since is stale: retrain it.
+        if evaluator_dir is not None or trained_on.get("archive_bytes") == Path(data).stat().st_size:
+            return evaluator
     if log:
-        log(f"training the attribute evaluator on {data} into {path} (once)")
+        log(f"training the attribute evaluator on {data} into {path} (once; ~1.5 min for 5000 images)")
     evaluator, _ = train_attribute_evaluator(data, path, log=log)
     return evaluator
 

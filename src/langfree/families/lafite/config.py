@@ -37,6 +37,11 @@ class LafiteConfig:
     d_projection: str = "per_sample"  # paper's ⟨f_s(x_i), h_i⟩; "batch_sum" = official code
     mbstd_group_size: int = 4
     conv_clamp: int | None = None
+    # G sees g_condition_gain·h (D and the losses see h). 1 = the paper. A unit 512-d CLIP
+    # feature has components ~0.04 while w has components ~1, so at init G's per-layer styles
+    # barely depend on h, and the text MLPs (lr multiplier 0.01) take thousands of kimg to
+    # amplify it. √c_dim makes h as loud as w from the first step (shapes32).
+    g_condition_gain: float = 1.0
 
     # --- conditioning: what h (the "text" feature G and D see) is during training
     conditioning: str = "gaussian"  # gaussian (LAFITE-G) | learned (LAFITE-NN) | none (h = î)
@@ -110,7 +115,7 @@ PRESETS: dict[str, LafiteConfig] = {
     # that does not show at 32 px.
     "shapes32": LafiteConfig(
         resolution=32, z_dim=64, w_dim=128, channel_base=1024, channel_max=32,
-        mapping_layers=2, change_resolution=32, mbstd_group_size=4,
+        mapping_layers=2, change_resolution=32, mbstd_group_size=4, g_condition_gain=8.0,
         image_weight=0.5, image_noise=0.5, perturb_hidden=256,
         temperature=0.1, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
         r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0, mirror=False,

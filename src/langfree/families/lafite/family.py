@@ -196,7 +196,7 @@ class LafiteFamily:
                              f"expects c_dim={self.config.c_dim}")
         G = self.G_ema
         device = next(G.parameters()).device
-        c = F.normalize(condition.float(), dim=-1).to(device)                   # [B, c]
+        c = F.normalize(condition.float(), dim=-1).to(device) * self.config.g_condition_gain
         z = torch.from_numpy(np.stack([np.random.RandomState(int(s)).randn(self.config.z_dim)
                                        for s in seeds])).float().to(device)     # [B, z]
         was_training = G.training

@@ -67,6 +67,12 @@ def clip_view(img: torch.Tensor, image_size: int, mode: str = "auto") -> torch.T
                          align_corners=False)                           # [B, 3, 224, 224]
 
 
+def _generate(config: LafiteConfig, G: nn.Module, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """G(z, gain·h) with style mixing and random noise (training). -> [B, 3, R, R]"""
+    return G(z, h * config.g_condition_gain, noise_mode="random",
+             style_mix_prob=config.style_mixing)
+
+
 def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return contrastive_loss(a, h, config.temperature, config.contrastive_form,
                             config.contrastive_lambda)
@@ -76,7 +82,7 @@ def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h:
                    ) -> tuple[torch.Tensor, dict]:
     """Phase G. h [B, D] unit conditions. Returns (loss, stats)."""
     z = torch.randn(h.shape[0], config.z_dim, device=h.device)          # [B, z]
-    fake = G(z, h, noise_mode="random", style_mix_prob=config.style_mixing)   # [B, 3, R, R]
+    fake = _generate(config, G, z, h)                                    # [B, 3, R, R]
     logits, f_s = D(fake, h)                                             # [B], [B, c]
     adv = F.softplus(-logits).mean()
     loss = adv
@@ -104,7 +110,7 @@ def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mea
     h = h[:B]
     z = torch.randn(B, config.z_dim, device=h.device)
     ws = G.mapping(z, 1.0)                                              # [B, num_ws, w]
-    img = G.synthesis(ws, h, noise_mode="random")                       # [B, 3, R, R]
+    img = G.synthesis(ws, h * config.g_condition_gain, noise_mode="random")  # [B, 3, R, R]
     R = img.shape[-1]
     pl_noise = torch.randn_like(img) / math.sqrt(R * R)
     (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
@@ -123,7 +129,7 @@ def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: t
     """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients."""
     with torch.no_grad():
         z = torch.randn(h.shape[0], config.z_dim, device=h.device)
-        fake = G(z, h, noise_mode="random", style_mix_prob=config.style_mixing)
+        fake = _generate(config, G, z, h)                                # [B, 3, R, R]
     fake_logits, _ = D(fake, h)                                         # [B]
     real_logits, f_s = D(real, h)                                       # [B], [B, c]
     loss_fake = F.softplus(fake_logits).mean()
