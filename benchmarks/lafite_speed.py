@@ -23,9 +23,9 @@ from langfree.families.lafite.networks import Discriminator, Generator
 
 # Per-resolution configs: 32 px = the shapes32 preset's widths, 256 px = the paper's networks.
 CONFIGS = {
-    32: dict(z_dim=64, w_dim=128, c_dim=512, channel_base=2048, channel_max=64, mapping_layers=2),
-    64: dict(z_dim=512, w_dim=256, c_dim=512, channel_base=8192, channel_max=256, mapping_layers=4),
-    256: dict(z_dim=512, w_dim=512, c_dim=512, channel_base=32768, channel_max=512, mapping_layers=8),
+    32: {"z_dim": 64, "w_dim": 128, "c_dim": 512, "channel_base": 2048, "channel_max": 64, "mapping_layers": 2},
+    64: {"z_dim": 512, "w_dim": 256, "c_dim": 512, "channel_base": 8192, "channel_max": 256, "mapping_layers": 4},
+    256: {"z_dim": 512, "w_dim": 512, "c_dim": 512, "channel_base": 32768, "channel_max": 512, "mapping_layers": 8},
 }
 SAMPLE_BATCH = {32: 16, 64: 8, 256: 2}
 TRAIN_BATCH = 8
@@ -152,7 +152,7 @@ def main() -> None:
     for res in args.resolutions:
         rate = sampling_rate(res, args.repeats)
         G, D = build(res)
-        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        n = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
         print(f"{res:4d} px  G {n(G):5.1f} M  D {n(D):5.1f} M  sampling {rate:7.2f} images/s "
               f"(batch {SAMPLE_BATCH[res]}, fp32, no grad)")
         if res > 64:

@@ -95,3 +95,21 @@ def test_dry_run_preset_and_gpus_checks(files):
     assert gpus.exit_code == 2 and "accelerate launch" in gpus.output
     bad = CliRunner().invoke(_app(), base + ["--dry-run", "--set", "nonsense=1"])
     assert bad.exit_code == 2 and "nonsense" in bad.output
+
+
+def test_perturb_command_and_learned_conditioning(files):
+    out = files / "perturb"
+    result = CliRunner().invoke(_app(), ["lafite-perturb", "--data", str(files / "train.zip"),
+                                         "--encoder", str(files / "clip"), "--out", str(out),
+                                         "--steps", "5", "--batch", "8", "--hidden", "16"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "perturb.json").read_text())
+    assert meta["hidden"] == 16 and meta["dim"] == 16 and (out / "perturb.safetensors").is_file()
+    dry = CliRunner().invoke(_app(), ["lafite", "--data", str(files / "images.zip"), "--perturb",
+                                      str(out), "--encoder", str(files / "clip"), "--dry-run",
+                                      "--outdir", str(files / "runs4"), *_sets()])
+    assert dry.exit_code == 0, dry.output
+    assert '"conditioning": "learned"' in dry.output and '"perturb_hidden": 16' in dry.output
+    no_caps = CliRunner().invoke(_app(), ["lafite-perturb", "--data", str(files / "images.zip"),
+                                          "--encoder", str(files / "clip"), "--out", str(files / "p2")])
+    assert no_caps.exit_code == 2 and "no captions" in no_caps.output

@@ -17,12 +17,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from langfree.families.lafite.convert import (UnsafePickleError, convert_pickle, load_official_pickle,
-                                              read_official)
+from langfree.families.lafite.convert import (
+    UnsafePickleError,
+    convert_pickle,
+    load_official_pickle,
+    read_official,
+)
 from langfree.families.lafite.networks import Discriminator, Generator
 
-ARCH = dict(z_dim=32, c_dim=16, w_dim=32, img_resolution=32, channel_base=512, channel_max=64,
-            mapping_layers=2, change_resolution=16)
+ARCH = {"z_dim": 32, "c_dim": 16, "w_dim": 32, "img_resolution": 32, "channel_base": 512, "channel_max": 64,
+            "mapping_layers": 2, "change_resolution": 16}
 
 
 def _reconstruct_persistent_obj(meta):  # pickled by reference only
@@ -128,7 +132,7 @@ def _outputs(G, D):
 
 
 def test_crafted_official_pickle_converts_exactly(tmp_path, fake_official_modules):
-    G, G_ema, D = _write_official(tmp_path / "net.pkl")
+    _G, G_ema, D = _write_official(tmp_path / "net.pkl")
     states, arch = read_official(tmp_path / "net.pkl")
     assert arch == {"resolution": 32, "z_dim": 32, "w_dim": 32, "c_dim": 16, "channel_base": 512,
                     "channel_max": 64, "mapping_layers": 2, "change_resolution": 16,

@@ -8,8 +8,8 @@ from langfree.families.lafite import ops
 from langfree.families.lafite.networks import Discriminator, Generator
 
 C_DIM = 16
-TINY = dict(z_dim=32, c_dim=C_DIM, w_dim=32, img_resolution=32, channel_base=512, channel_max=64,
-            mapping_layers=2)
+TINY = {"z_dim": 32, "c_dim": C_DIM, "w_dim": 32, "img_resolution": 32, "channel_base": 512, "channel_max": 64,
+            "mapping_layers": 2}
 
 
 def make_g(**kw) -> Generator:

@@ -42,7 +42,7 @@ def official():
                       conv_clamp=256, epilogue_kwargs=dnnlib.EasyDict(f_dim=F_DIM, mbstd_group_size=4))
     with torch.no_grad():  # make biases, noise strengths and w_avg visible to the comparison
         for name, p in list(G.named_parameters()) + list(D.named_parameters()):
-            if name.endswith("bias") or name.endswith("noise_strength"):
+            if name.endswith(("bias", "noise_strength")):
                 p.add_(0.2 * torch.randn_like(p))
         G.mapping.w_avg.normal_()
     return G, D, dnnlib

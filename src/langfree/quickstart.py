@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # Disjoint seeds: image i of seed s depends only on (s, i), so the three splits never share an image.
 CLIP_SEED, GAN_SEED, EVAL_SEED = 101, 202, 303
@@ -29,8 +29,10 @@ class QuickstartPlan:
     clip_images: int = 20000
     gan_images: int = 20000
     eval_images: int = 4000
+    evaluator_images: int = 4000    # of the eval split, for training the evaluator (10 % held out)
     clip_steps: int | None = None      # None: train_small_clip's default
     clip_holdout: int = 1000           # held-out pairs for retrieval_top1
+    clip_batch: int | None = None      # None: train_small_clip's default
     gan_kimg: float = 60.0
     gan_batch: int = 32
     tick_kimg: float = 4.0
@@ -41,7 +43,7 @@ class QuickstartPlan:
     seed: int = 0
 
 
-SMOKE_PLAN = QuickstartPlan(clip_images=600, gan_images=600, eval_images=1200, clip_steps=20, clip_holdout=200,
+SMOKE_PLAN = QuickstartPlan(clip_images=600, gan_images=600, eval_images=1200, evaluator_images=600, clip_steps=10, clip_batch=32, clip_holdout=200,
                             gan_kimg=0.256, gan_batch=16, tick_kimg=0.128, attribute_samples=45,
                             fid_samples=64, grid_prompts=2, grid_seeds=2)
 
@@ -85,8 +87,32 @@ def _train_clip(archive: Path, outdir: Path, plan: QuickstartPlan) -> dict:
     metrics_path = outdir / "metrics.json"
     if metrics_path.exists() and (outdir / "encoder.json").exists():
         return json.loads(metrics_path.read_text())
-    kwargs = {} if plan.clip_steps is None else {"steps": plan.clip_steps}
+    kwargs = {k: v for k, v in (("steps", plan.clip_steps), ("batch", plan.clip_batch)) if v is not None}
     return train_small_clip(archive, outdir, seed=plan.seed, holdout=plan.clip_holdout, **kwargs)
+
+
+def _evaluator_worker(eval_zip: str, evaluator_dir: str, seed: int, max_images: int) -> None:
+    import torch
+
+    from langfree.metrics.attributes import train_attribute_evaluator
+
+    torch.set_num_threads(1)
+    train_attribute_evaluator(eval_zip, evaluator_dir, seed=seed, max_images=max_images,
+                              log=lambda m: print(f"    {m}", flush=True))
+
+
+def _start_evaluator(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan):
+    """Train the shapes evaluator in a separate process (spawned: no torch state shared) so it
+    runs on the second core while the CLIP trains on the first. None when it already exists."""
+    import multiprocessing
+
+    if (evaluator_dir / "evaluator.json").exists():
+        return None
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_evaluator_worker, name="attribute-evaluator",
+                       args=(str(eval_zip), str(evaluator_dir), plan.seed, plan.evaluator_images))
+    proc.start()
+    return proc
 
 
 def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan
@@ -116,7 +142,11 @@ def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan:
 
 def _grid(family, encoder, outdir: Path, plan: QuickstartPlan) -> Path:
     from langfree.data.shapes import prompt_grid
-    from langfree.sampling.generate import build_conditions, generate_grid, write_outputs
+    from langfree.sampling.generate import (
+        build_conditions,
+        generate_grid,
+        write_outputs,
+    )
 
     prompts = [p for p, _ in prompt_grid(plan.grid_prompts)]
     seeds = list(range(plan.grid_seeds))
@@ -135,10 +165,14 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     from langfree.checkpoint import load_snapshot
     from langfree.encoders import load_encoder
     from langfree.metrics import compute_metrics
-    from langfree.metrics.attributes import load_attribute_evaluator, train_attribute_evaluator
+    from langfree.metrics.attributes import (
+        load_attribute_evaluator,
+        train_attribute_evaluator,
+    )
 
     out = Path(outdir)
     (out / "data").mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
     stages = Stages(log)
     R = plan.resolution
 
@@ -147,17 +181,24 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     gan_zip = _write_shapes_split(out / "data" / "gan-images-only.zip", plan.gan_images, R, GAN_SEED, False)
     eval_zip = _write_shapes_split(out / "data" / "eval.zip", plan.eval_images, R, EVAL_SEED, True)
 
-    stages.start("2/6 training the small CLIP on the captioned split")
-    clip_metrics = _train_clip(clip_zip, out / "clip", plan)
-    log(f"    CLIP retrieval_top1 {clip_metrics.get('retrieval_top1')}")
-
-    stages.start("3/6 training the attribute evaluator on the eval split (its held-out accuracy is the ceiling)")
+    stages.start("2/6 training the small CLIP on the captioned split, and (in a second process, "
+                 "one core each) the attribute evaluator on the eval split")
     evaluator_dir = out / "evaluator"
-    if (evaluator_dir / "evaluator.json").exists():
-        evaluator = load_attribute_evaluator(evaluator_dir)
-        ceiling = evaluator.ceiling
-    else:
-        evaluator, ceiling = train_attribute_evaluator(eval_zip, evaluator_dir, seed=plan.seed, log=log)
+    worker = _start_evaluator(eval_zip, evaluator_dir, plan)
+    torch.set_num_threads(1)
+    try:
+        clip_metrics = _train_clip(clip_zip, out / "clip", plan)
+    finally:
+        torch.set_num_threads(threads)
+    log(f"    CLIP retrieval_top1 {clip_metrics.get('retrieval_top1')}")
+    stages.start("3/6 waiting for the attribute evaluator (its accuracy on held-out real images is the ceiling)")
+    if worker is not None:
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"training the attribute evaluator failed (exit {worker.exitcode}); see above")
+    evaluator = load_attribute_evaluator(evaluator_dir)
+    ceiling = evaluator.ceiling
+    log("    evaluator ceiling " + "  ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))
 
     stages.start(f"4/6 training LAFITE language-free on {plan.gan_images} images without captions "
                  f"({plan.gan_kimg:g} kimg)")
@@ -170,7 +211,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     family = load_snapshot(snapshot, encoder=encoder)
     torch.manual_seed(plan.seed)
     results = compute_metrics(
-        [f"attribute_accuracy", "r_precision", f"fid{plan.fid_samples}_full"],
+        ["attribute_accuracy", "r_precision", f"fid{plan.fid_samples}_full"],
         family.sample, encoder, eval_zip, evaluator=evaluator, num=None, seed=plan.seed)
 
     stages.start("6/6 drawing grid.png from prompts")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,24 +13,27 @@ def register(group: typer.Typer) -> None:
 
 
 def lafite_pkl(
-    src: Path = typer.Argument(..., help="Official LAFITE network-snapshot-*.pkl (drboog/Lafite)."),
-    dest: Path = typer.Argument(..., help="Snapshot directory to write (must not exist)."),
-    preset: str = typer.Option(None, "--preset",
-                               help="LAFITE preset whose training settings to keep (e.g. coco256); "
-                                    "the architecture always comes from the pickle."),
-    overrides: list[str] = typer.Option([], "--set", "--config",
-                                        help="Config override KEY=VALUE (repeatable), applied last, "
-                                             "e.g. --set d_projection=per_sample."),
+    src: Annotated[Path, typer.Argument(help="Official LAFITE network-snapshot-*.pkl (drboog/Lafite).")],
+    dest: Annotated[Path, typer.Argument(help="Snapshot directory to write (must not exist).")],
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="LAFITE preset whose training settings to keep (e.g. coco256); the "
+                         "architecture always comes from the pickle.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "--config", help="Config override KEY=VALUE (repeatable), applied last, e.g. "
+                                  "--set d_projection=per_sample.")] = None,
 ) -> None:
     """Convert an official LAFITE pickle into a langfree snapshot, running none of its code.
 
-    The pickle is read by a restricted unpickler that rebuilds tensors only; a file that tries to
-    run code is refused.
+    A restricted unpickler rebuilds tensors only; a file that tries to run code is refused.
     """
     from langfree.config import ConfigError
     from langfree.families.lafite.config import preset as lafite_preset
-    from langfree.families.lafite.convert import (UnsafePickleError, official_config, read_official,
-                                                  write_snapshot)
+    from langfree.families.lafite.convert import (
+        UnsafePickleError,
+        official_config,
+        read_official,
+        write_snapshot,
+    )
 
     if dest.exists():
         raise typer.BadParameter(f"{dest} already exists; choose a new snapshot directory",
@@ -37,7 +41,7 @@ def lafite_pkl(
     try:
         base = lafite_preset(preset) if preset else None
         states, arch = read_official(src)
-        config = official_config(arch, base, overrides)
+        config = official_config(arch, base, overrides or [])
         out = write_snapshot(states, config, dest, src.name)
     except UnsafePickleError as e:
         typer.echo(f"error: {src}: {e}", err=True)

@@ -35,7 +35,8 @@ class Phase:
 
     name:      'G', 'Greg', 'D', 'Dreg' (GAN) or 'main' (diffusion, autoregressive, ...).
     modules:   names (keys of ``Family.modules()``) whose parameters this phase trains; the loop
-               sets requires_grad on exactly these and all-reduces their gradients.
+               sets requires_grad on exactly the parameters that are both in these modules and
+               in the phase's optimizer, and all-reduces their gradients.
     optimizer: key into ``Family.optimizers()``. Phases may share one optimizer (G and Greg).
     interval:  run on steps where ``step % interval == 0`` (lazy regularisation: 4 or 16).
     """
@@ -71,6 +72,9 @@ class Family(Protocol):
 
     def ema_pairs(self) -> list[tuple[str, str]]:
         """(source, ema) module names; the loop updates ema from source after each step."""
+
+    def default_ema_kimg(self, batch: int) -> float:
+        """Optional: EMA half-life in kimg when the user gives none (loop default 10·batch/32)."""
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimisers by name, built once (their state is saved for resume)."""

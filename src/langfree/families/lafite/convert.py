@@ -60,7 +60,7 @@ class PersistentStub:
                 out.update(sub.tensors(f"{prefix}{name}."))
         return out
 
-    def find(self, path: str) -> "PersistentStub | None":
+    def find(self, path: str) -> PersistentStub | None:
         node: Any = self
         for part in path.split("."):
             node = (node.state.get("_modules") or {}).get(part) if isinstance(node, PersistentStub) else None
@@ -170,7 +170,7 @@ def load_official_pickle(path: str | Path) -> dict[str, Any]:
         except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: not a readable LAFITE network pickle ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict with G, G_ema, D, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a dict with G, G_ema, D, got {type(data).__name__}")  # noqa: TRY004
     return data
 
 

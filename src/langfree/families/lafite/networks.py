@@ -29,10 +29,10 @@ from langfree.families.lafite import ops
 
 # w is broadcast to every layer; the mapping's EMA of w (for truncation) decays with this factor.
 W_AVG_BETA = 0.995
-STYLE_MLP_LR = 0.01
-# oneDNN's native layout: NCHW tensors are reordered to blocked formats and back around every
-# convolution, channels_last ones are not.
-MEMORY_FORMAT = torch.channels_last  # learning-rate multiplier of the mapping and the per-layer text MLPs
+STYLE_MLP_LR = 0.01  # learning-rate multiplier of the mapping and the per-layer text MLPs
+# Activations are channels_last (NHWC), oneDNN's native layout for convolutions on CPU; it also
+# makes the 1x1 convs (toRGB, D skip) plain matmuls over a free [B, H, W, C] view.
+MEMORY_FORMAT = torch.channels_last
 
 
 def _check_resolution(resolution: int) -> int:
@@ -324,7 +324,7 @@ def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     return y.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last strides
 
 
-def _lrelu_conv(layer: "_ConvWeights", x: torch.Tensor, gain: float, clamp: float | None,
+def _lrelu_conv(layer: _ConvWeights, x: torch.Tensor, gain: float, clamp: float | None,
                 down: bool = False) -> torch.Tensor:
     """StyleGAN2 Conv2dLayer with lrelu: lrelu(conv(x, w) + b) * sqrt(2) * gain, clamped.
 
