@@ -1,7 +1,7 @@
 """LAFITE network speed on this CPU: sampling images/s at 32, 64 and 256 px, and the model FLOP
 utilisation (MFU) of a training step against fp32 GEMM and conv peaks measured in the same run.
 
-    python benchmarks/lafite_speed.py [--threads 2] [--resolutions 32 64 256]
+    python benchmarks/lafite_speed.py [--threads 1] [--resolutions 32 64 256]
 
 A training step = Gmain (adversarial + D-feature contrastive) + Dmain (fake/real adversarial +
 contrastive on reals) + 1/16 of a lazy R1 pass, timed separately. FLOPs are counted with
@@ -139,7 +139,7 @@ def peaks(repeats: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 256])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()

@@ -144,6 +144,8 @@ def test_bad_inputs_raise_clear_errors():
         G(z, c[:, :8])
     with pytest.raises(ValueError, match="z must be"):
         G(z[:, :4], c)
+    with pytest.raises(ValueError, match="noise_mode"):
+        G(z, c, noise_mode="fixed")
     with pytest.raises(ValueError, match="img must be"):
         D(torch.randn(4, 3, 16, 16), c)
     with pytest.raises(ValueError, match="multiple of the minibatch-stddev"):

@@ -33,6 +33,7 @@ STYLE_MLP_LR = 0.01  # learning-rate multiplier of the mapping and the per-layer
 # Activations are channels_last (NHWC), oneDNN's native layout for convolutions on CPU; it also
 # makes the 1x1 convs (toRGB, D skip) plain matmuls over a free [B, H, W, C] view.
 MEMORY_FORMAT = torch.channels_last
+NOISE_MODES = ("random", "const", "none")
 
 
 def _check_resolution(resolution: int) -> int:
@@ -61,9 +62,10 @@ class FullyConnected(nn.Module):
         self.bias_gain = lr_mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Scale the [B, out] product, not the [out, in] weight: at small batches the weight is
-        # the bigger tensor, and addmm applies the gain for free.
-        x = torch.addmm(self.bias * self.bias_gain, x, self.weight.t(), alpha=self.weight_gain)  # [B, out]
+        # Scale the [B, in] input instead of the [out, in] weight: at small batches the weight is
+        # the bigger tensor, and neither the forward nor the weight gradient then needs an
+        # extra pass over it (these layers are memory-bound at batch 8).
+        x = torch.addmm(self.bias * self.bias_gain, x * self.weight_gain, self.weight.t())  # [B, out]
         if self.activation == "lrelu":
             x = F.leaky_relu(x, ops.LRELU_SLOPE) * ops.LRELU_GAIN
         return x
@@ -247,13 +249,17 @@ class SynthesisNetwork(nn.Module):
         self.num_ws += 1  # the last toRGB; every other toRGB shares w with the next block's conv0
 
     def forward(self, ws: torch.Tensor, c: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws:
+            raise ValueError(f"ws must be [B, {self.num_ws}, w_dim], got {list(ws.shape)}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         x = img = None
         i = 0
         for block in self.blocks.values():
             n = block.num_conv
             x, img = block(x, img, ws[:, i:i + n + 1], c, noise_mode)
             i += n
-        return img
+        return img.contiguous()  # [B, 3, R, R], standard layout for callers
 
 
 class Generator(nn.Module):
@@ -335,6 +341,7 @@ def _lrelu_conv(layer: _ConvWeights, x: torch.Tensor, gain: float, clamp: float 
     w, b = layer.scaled(g), layer.bias * g
     k = w.shape[-1]
     if down:
+        # StyleGAN2's conv2d_resample(down=2): FIR filter with padding 2, then a stride-2 conv.
         x = F.conv2d(ops.blur(x, pad=2), w, b, stride=2)
     elif k == 1:
         x = _conv1x1(x, w, b)

@@ -99,26 +99,6 @@ def conv_up2x(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return blur(y, pad=1, gain=4.0)  # [B, O, 2H, 2W]
 
 
-def conv_down2x(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """3x3 conv to half the resolution: [B, I, H, W] -> [B, O, H/2, W/2].
-
-    Same as StyleGAN2's ``conv2d_resample(down=2, padding=1)``: FIR filter with padding 2
-    (H+1 samples), then a stride-2 valid convolution.
-    """
-    return F.conv2d(blur(x, pad=2), weight, stride=2)
-
-
-def bias_lrelu(x: torch.Tensor, bias: torch.Tensor | None, gain: float,
-               clamp: float | None) -> torch.Tensor:
-    """StyleGAN2's ``bias_act(act='lrelu')``: lrelu(x + b) * sqrt(2) * gain, clamped to ±clamp*gain."""
-    if bias is not None:
-        x = x + bias.reshape(1, -1, 1, 1)
-    x = F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
-    if clamp is not None:
-        x = x.clamp(-clamp * gain, clamp * gain)
-    return x
-
-
 def demodulation(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
     """Demodulation coefficients [B, O] = 1 / sqrt(sum_{i,k} (w[o,i,k] s[b,i])^2 + 1e-8).
 
