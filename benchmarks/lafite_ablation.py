@@ -68,8 +68,13 @@ def _perturbation(workdir: Path, clip_data: Path, encoder, steps: int) -> Path:
 
 
 def _train(name: str, data: Path, encoder, args, perturb: Path | None) -> Path:
-    from langfree.commands.train_lafite import (build_config, build_family, conditioned_dataset,
-                                                make_preview, preview_conditions)
+    from langfree.commands.train_lafite import (
+        build_config,
+        build_family,
+        conditioned_dataset,
+        make_preview,
+        preview_conditions,
+    )
     from langfree.data.archive import ImageArchive
     from langfree.training.loop import TrainOptions, train
 

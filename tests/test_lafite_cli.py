@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import typer
-from typer.testing import CliRunner
-
 from test_lafite_family_helpers import TINY_SETS, tiny_small_clip
+from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,23 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lafite_family_helpers import (
+    ToyEncoder,
+    fake_batch,
+    networks_available,
+    tiny_config,
+    use_stand_ins_if_needed,
+)
 
-from langfree.families.lafite import conditioning, loss as losses
+from langfree.families.lafite import conditioning
+from langfree.families.lafite import loss as losses
 from langfree.families.lafite.config import PRESETS, LafiteConfig, preset
-from langfree.families.lafite.perturb import (PerturbNet, load_perturbation, save_perturbation,
-                                              train_perturbation)
-from test_lafite_family_helpers import (ToyEncoder, fake_batch, networks_available, tiny_config,
-                                        use_stand_ins_if_needed)
+from langfree.families.lafite.perturb import (
+    PerturbNet,
+    load_perturbation,
+    save_perturbation,
+    train_perturbation,
+)
 
 
 @pytest.fixture(autouse=True)

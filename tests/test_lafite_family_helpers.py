@@ -18,9 +18,10 @@ from langfree.families.lafite.config import LafiteConfig
 
 
 def tiny_config(**changes) -> LafiteConfig:
-    base = dict(resolution=8, z_dim=8, w_dim=16, c_dim=16, channel_base=64, channel_max=8,
-                mapping_layers=1, change_resolution=8, mbstd_group_size=2, perturb_hidden=16,
-                temperature=0.5, pl_weight=2.0, style_mixing=0.5, mirror=True, ema_kimg=0.01)
+    base = {"resolution": 8, "z_dim": 8, "w_dim": 16, "c_dim": 16, "channel_base": 64,
+            "channel_max": 8, "mapping_layers": 1, "change_resolution": 8, "mbstd_group_size": 2,
+            "perturb_hidden": 16, "temperature": 0.5, "pl_weight": 2.0, "style_mixing": 0.5,
+            "mirror": True, "ema_kimg": 0.01}
     base.update(changes)
     return LafiteConfig(**base)
 
@@ -128,7 +129,11 @@ def fake_batch(config: LafiteConfig, B: int = 4, captions: bool = True, seed: in
 
 def tiny_small_clip(path, embed_dim: int = 16, image_size: int = 8):
     """A random-weight langfree small-CLIP directory (loads through load_encoder(path))."""
-    from langfree.encoders.small_clip import build_model, save_small_clip, small_clip_config
+    from langfree.encoders.small_clip import (
+        build_model,
+        save_small_clip,
+        small_clip_config,
+    )
 
     torch.manual_seed(0)
     cfg = small_clip_config(embed_dim=embed_dim, width=32, vision_layers=1, text_layers=1,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,13 +19,18 @@ def generate(
     seeds: str = typer.Option("0-7", "--seeds", help="Seeds: 0-15 or 1,4,7-9; one grid column each."),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation ψ (1 = none)."),
     noise_mode: str = typer.Option("const", "--noise-mode", help="const | random (seeded) | none."),
-    encoder: Optional[str] = typer.Option(None, "--encoder", help="Encoder spec overriding the one recorded in the snapshot."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder spec overriding the one recorded in the snapshot."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Where PNGs and grid.png go."),
 ) -> None:
     """One PNG per prompt and seed plus grid.png (rows = prompts, columns = seeds)."""
     from langfree.checkpoint import SnapshotError, load_snapshot
     from langfree.encoders.clip import EncoderUnavailable
-    from langfree.sampling.generate import build_conditions, generate_grid, parse_seeds, write_outputs
+    from langfree.sampling.generate import (
+        build_conditions,
+        generate_grid,
+        parse_seeds,
+        write_outputs,
+    )
 
     if noise_mode not in ("const", "random", "none"):
         _fail(f"--noise-mode {noise_mode!r}: use const, random or none")

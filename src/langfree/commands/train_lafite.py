@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -27,7 +27,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _bool01(value: Optional[int], name: str) -> Optional[bool]:
+def _bool01(value: int | None, name: str) -> bool | None:
     if value is None:
         return None
     if value not in (0, 1):
@@ -36,7 +36,7 @@ def _bool01(value: Optional[int], name: str) -> Optional[bool]:
 
 
 # ------------------------------------------------------------------------------ building
-def build_config(preset_name: Optional[str], resolution: int, c_dim: int, options: dict,
+def build_config(preset_name: str | None, resolution: int, c_dim: int, options: dict,
                  overrides: list[str]):
     """Preset (or defaults) + the archive's resolution + CLI options + --set overrides."""
     from langfree.config import apply_overrides, to_dict
@@ -88,7 +88,7 @@ def make_preview(conditions):
     return preview
 
 
-def make_metrics(names: Optional[str], reference: Path, encoder):
+def make_metrics(names: str | None, reference: Path, encoder):
     if not names or names.lower() == "none":
         return None
     from langfree.metrics import evaluate_snapshot, parse_metric
@@ -105,7 +105,7 @@ def make_metrics(names: Optional[str], reference: Path, encoder):
     return metrics
 
 
-def check_processes(gpus: Optional[int]) -> None:
+def check_processes(gpus: int | None) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if gpus is not None and gpus != world:
         _fail(f"--gpus {gpus} but {world} process(es) are running; start several with "
@@ -116,31 +116,31 @@ def check_processes(gpus: Optional[int]) -> None:
 # ------------------------------------------------------------------------------ commands
 def train_lafite(
     data: Path = typer.Option(..., "--data", help="Training archive (.zip from `langfree dataset` / `langfree shapes`)."),
-    test_data: Optional[Path] = typer.Option(None, "--test-data", "--test_data",
+    test_data: Path | None = typer.Option(None, "--test-data", "--test_data",
                                              help="Held-out archive: metrics reference and preview captions."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="shapes32 | coco256 | mmceleba256 (default: paper defaults at the archive's resolution)."),
-    encoder_spec: Optional[str] = typer.Option(None, "--encoder", help=f"Encoder spec (default {DEFAULT_ENCODER}; a small-CLIP directory from `langfree encoder train`)."),
-    temp: Optional[float] = typer.Option(None, "--temp", help="Contrastive temperature τ."),
-    itd: Optional[float] = typer.Option(None, "--itd", help="Weight of the D-feature contrastive loss (d_contrastive_weight)."),
-    itc: Optional[float] = typer.Option(None, "--itc", help="Weight of the CLIP contrastive loss on fakes (clip_contrastive_weight)."),
-    gamma: Optional[float] = typer.Option(None, "--gamma", help="R1 weight γ."),
-    mixing_prob: Optional[float] = typer.Option(None, "--mixing_prob", "--mixing-prob",
+    preset: str | None = typer.Option(None, "--preset", help="shapes32 | coco256 | mmceleba256 (default: paper defaults at the archive's resolution)."),
+    encoder_spec: str | None = typer.Option(None, "--encoder", help=f"Encoder spec (default {DEFAULT_ENCODER}; a small-CLIP directory from `langfree encoder train`)."),
+    temp: float | None = typer.Option(None, "--temp", help="Contrastive temperature τ."),
+    itd: float | None = typer.Option(None, "--itd", help="Weight of the D-feature contrastive loss (d_contrastive_weight)."),
+    itc: float | None = typer.Option(None, "--itc", help="Weight of the CLIP contrastive loss on fakes (clip_contrastive_weight)."),
+    gamma: float | None = typer.Option(None, "--gamma", help="R1 weight γ."),
+    mixing_prob: float | None = typer.Option(None, "--mixing_prob", "--mixing-prob",
                                                 help="P(pseudo text feature) per sample: 1 = language-free (no captions needed), 0 = standard."),
-    mirror: Optional[int] = typer.Option(None, "--mirror", help="1: x-flip reals (features not flipped)."),
-    conditioning: Optional[str] = typer.Option(None, "--conditioning", help="gaussian | learned | none."),
-    perturb: Optional[Path] = typer.Option(None, "--perturb", help="Learned perturbation dir (`langfree train lafite-perturb`); implies --conditioning learned."),
+    mirror: int | None = typer.Option(None, "--mirror", help="1: x-flip reals (features not flipped)."),
+    conditioning: str | None = typer.Option(None, "--conditioning", help="gaussian | learned | none."),
+    perturb: Path | None = typer.Option(None, "--perturb", help="Learned perturbation dir (`langfree train lafite-perturb`); implies --conditioning learned."),
     kimg: float = typer.Option(100.0, "--kimg", help="Training length in thousands of real images shown."),
     batch: int = typer.Option(32, "--batch", help="Global batch size."),
-    batch_gpu: Optional[int] = typer.Option(None, "--batch-gpu", help="Micro-batch per process."),
+    batch_gpu: int | None = typer.Option(None, "--batch-gpu", help="Micro-batch per process."),
     tick: float = typer.Option(4.0, "--tick", help="kimg per progress tick."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma-separated metrics at each snapshot (fid10k_full, attribute_accuracy, ...) or none."),
+    metrics: str | None = typer.Option(None, "--metrics", help="Comma-separated metrics at each snapshot (fid10k_full, attribute_accuracy, ...) or none."),
     snap: int = typer.Option(50, "--snap", help="Ticks between snapshots (+ metrics)."),
     outdir: Path = typer.Option(Path("runs"), "--outdir", help="Where run directories go."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="Number of processes (GPUs). langfree does not spawn them: start N with `accelerate launch --multi_gpu --num_processes N -m langfree train lafite ...` (or torchrun --nproc_per_node N); --gpus N then checks that N are running."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Number of processes (GPUs). langfree does not spawn them: start N with `accelerate launch --multi_gpu --num_processes N -m langfree train lafite ...` (or torchrun --nproc_per_node N); --gpus N then checks that N are running."),
     seed: int = typer.Option(0, "--seed"),
     deterministic: bool = typer.Option(False, "--deterministic", help="Deterministic kernels (exact resume; slower on GPU)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="latest | run dir | state dir."),
+    resume: str | None = typer.Option(None, "--resume", help="latest | run dir | state dir."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no | bf16."),
     overrides: list[str] = typer.Option([], "--set", help="Override a LafiteConfig field: --set key=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
@@ -198,7 +198,7 @@ def _load_encoder(spec: str):
         _fail(str(exc))
 
 
-def _perturb_widths(perturb: Optional[Path]) -> dict:
+def _perturb_widths(perturb: Path | None) -> dict:
     """The MLP widths recorded beside a trained perturbation (the config must match them)."""
     if perturb is None:
         return {}
@@ -254,7 +254,7 @@ def train_perturb(
     steps: int = typer.Option(2000, "--steps", min=1),
     batch: int = typer.Option(64, "--batch", min=2),
     lr: float = typer.Option(1e-3, "--lr"),
-    hidden: Optional[int] = typer.Option(None, "--hidden", help="MLP width (default 2 x feature dim, max 1024)."),
+    hidden: int | None = typer.Option(None, "--hidden", help="MLP width (default 2 x feature dim, max 1024)."),
     layers: int = typer.Option(4, "--layers", min=2),
     temperature: float = typer.Option(0.1, "--temp"),
     kl_weight: float = typer.Option(0.01, "--kl"),

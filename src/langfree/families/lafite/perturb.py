@@ -15,6 +15,7 @@ Files: DIR/perturb.safetensors + DIR/perturb.json (widths, encoder, training fig
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ META = "perturb.json"
 def _mlp(dim: int, hidden: int, layers: int) -> nn.Sequential:
     widths = [dim] + [hidden] * (layers - 1) + [dim]
     blocks: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         blocks.append(nn.Linear(a, b))
         if i < layers - 1:
             blocks.append(nn.LeakyReLU(0.2))
