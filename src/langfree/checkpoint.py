@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from langfree import __version__
+from langfree.io import atomic_write, write_json  # noqa: F401  (write_json: part of this module's API)
 
 FORMAT = "langfree-snapshot"
 FORMAT_VERSION = 1
@@ -61,14 +62,6 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, old)  # rename() cannot replace a non-empty directory
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (temp file + os.replace)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -107,10 +100,7 @@ def save_image_grid(path: str | os.PathLike, images: torch.Tensor, nrow: int | N
     for i in range(b):
         r, c = divmod(i, cols)
         grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = pixels[i]
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.png"
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp))
 
 
 # ---------------------------------------------------------------- snapshots

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from langfree.io import write_json
+
 # Disjoint seeds: image i of seed s depends only on (s, i), so the three splits never share an image.
 CLIP_SEED, GAN_SEED, EVAL_SEED = 101, 202, 303
 
@@ -134,9 +136,7 @@ def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan:
     app(argv, standalone_mode=False)
     runs = sorted(p for p in outdir.glob("*") if p.is_dir())
     snapshot = list_snapshots(runs[-1])[-1]
-    tmp = runs[-1] / "done.json.tmp"
-    tmp.write_text(json.dumps({"snapshot": str(snapshot)}))
-    os.replace(tmp, runs[-1] / "done.json")
+    write_json(runs[-1] / "done.json", {"snapshot": str(snapshot)})
     return snapshot
 
 
@@ -167,7 +167,6 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     from langfree.metrics import compute_metrics
     from langfree.metrics.attributes import (
         load_attribute_evaluator,
-        train_attribute_evaluator,
     )
 
     out = Path(outdir)
@@ -232,7 +231,5 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         "grid": str(grid),
         "plan": plan.__dict__,
     }
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out / "report.json")
+    write_json(out / "report.json", report)
     return report

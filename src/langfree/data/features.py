@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from langfree.io import write_bytes
+
 FORMAT = "langfree-features"
 VERSION = 1
 CHUNK_IMAGES = 4096  # images per resumable chunk: ~2 MB of embeddings at D = 128
@@ -140,7 +142,7 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
     if partial.is_dir() and _read_json(partial / "stamp.json") != stamp:
         shutil.rmtree(partial)  # chunks of another version of the archive: start over
     partial.mkdir(exist_ok=True)
-    _write_atomic(partial / "stamp.json", json.dumps(stamp).encode())
+    write_bytes(partial / "stamp.json", json.dumps(stamp).encode())
     chunks = _encode_in_chunks(archive, encoder, partial, batch_size, chunk_images, progress)
 
     counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(len(archive))], dtype=torch.int64)
@@ -243,19 +245,10 @@ class ConditionedDataset(torch.utils.data.Dataset):
 
 # -- files -------------------------------------------------------------------------------------
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save
 
-    _write_atomic(path, save(tensors, metadata=metadata))
+    write_bytes(path, save(tensors, metadata=metadata))
 
 
 def _read_json(path: Path):

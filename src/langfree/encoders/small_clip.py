@@ -37,6 +37,7 @@ from langfree.encoders.clip import (
     OpenClipEncoder,
     clip_preprocess,
 )
+from langfree.io import write_bytes, write_json
 
 FORMAT = "langfree-encoder"
 FORMAT_VERSION = 1
@@ -92,19 +93,6 @@ def _metadata(model_cfg: dict) -> dict:
             "weights": WEIGHTS}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    _write_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
 def save_small_clip(model: torch.nn.Module, model_cfg: dict, outdir: str | os.PathLike,
                     extra: dict | None = None) -> Path:
     """Write DIR/encoder.safetensors then DIR/encoder.json (each atomically). The JSON records the
@@ -115,11 +103,11 @@ def save_small_clip(model: torch.nn.Module, model_cfg: dict, outdir: str | os.Pa
     outdir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save(state)
-    _write_atomic(outdir / WEIGHTS, blob)
+    write_bytes(outdir / WEIGHTS, blob)
     meta = _metadata(model_cfg) | {"weights_sha256": hashlib.sha256(blob).hexdigest()}
     if extra:
         meta["train"] = extra
-    _write_json(outdir / ENCODER_JSON, meta)
+    write_json(outdir / ENCODER_JSON, meta, indent=1)
     return outdir
 
 
@@ -284,7 +272,7 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     train_info = {"archive": str(Path(archive_path).resolve()), "steps": steps, "batch": batch,
                   "seed": seed, "lr": lr, "holdout": holdout}
     save_small_clip(model, model_cfg, outdir, extra=train_info)
-    _write_json(Path(outdir) / METRICS, metrics)
+    write_json(Path(outdir) / METRICS, metrics, indent=1)
     return metrics
 
 

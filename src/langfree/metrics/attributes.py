@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from langfree.encoders.base import TextImageEncoder
+from langfree.io import atomic_write, write_json
 
 FORMAT = "langfree-attribute-evaluator"
 WEIGHTS, META = "evaluator.safetensors", "evaluator.json"
@@ -112,16 +113,6 @@ def _labels(archive, indices: list[int], attributes: dict[str, list[str]]) -> di
     return {k: torch.tensor(v) for k, v in labels.items()}
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_attribute_evaluator(evaluator: AttributeEvaluator, outdir: str | os.PathLike) -> Path:
     """Weights first, JSON last (the JSON marks a complete evaluator), each written atomically."""
     from safetensors.torch import save_file
@@ -129,11 +120,11 @@ def save_attribute_evaluator(evaluator: AttributeEvaluator, outdir: str | os.Pat
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in evaluator.net.state_dict().items()}
-    _write_atomic(outdir / WEIGHTS, lambda p: save_file(state, str(p)))
+    atomic_write(outdir / WEIGHTS, lambda p: save_file(state, str(p)))
     meta = {"format": FORMAT, "version": 1, "attributes": evaluator.attributes,
             "resolution": evaluator.resolution, "width": evaluator.net.body[0].out_channels,
             "ceiling": evaluator.ceiling, **evaluator.info}
-    _write_atomic(outdir / META, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    write_json(outdir / META, meta, indent=1)
     return outdir
 
 

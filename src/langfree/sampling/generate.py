@@ -8,7 +8,6 @@ condition r and seed s.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from langfree.io import atomic_write, write_json
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -85,9 +86,7 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp))
 
 
 def write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int],
@@ -108,7 +107,5 @@ def write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int]
     _save_png(grid, outdir / "grid.png")
     index = {"rows": conditions.labels, "seeds": list(seeds),
              "files": [[f"row{r:02d}-seed{seed:04d}.png" for seed in seeds] for r in range(R)]}
-    tmp = outdir / ".prompts.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, outdir / "prompts.json")
+    write_json(outdir / "prompts.json", index, indent=1)
     return written + [outdir / "grid.png"]

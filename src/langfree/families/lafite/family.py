@@ -38,7 +38,8 @@ def build_networks(config: LafiteConfig) -> tuple[nn.Module, nn.Module]:
                   img_resolution=config.resolution, img_channels=3,
                   channel_base=config.channel_base, channel_max=config.channel_max,
                   mapping_layers=config.mapping_layers,
-                  change_resolution=config.change_resolution, conv_clamp=config.conv_clamp)
+                  change_resolution=config.change_resolution, conv_clamp=config.conv_clamp,
+                  style_lr_mult=config.style_lr_mult)
     D = Discriminator(c_dim=config.c_dim, img_resolution=config.resolution, img_channels=3,
                       channel_base=config.channel_base, channel_max=config.channel_max,
                       mbstd_group_size=config.mbstd_group_size, projection=config.d_projection)

@@ -29,7 +29,9 @@ from langfree.families.lafite import ops
 
 # w is broadcast to every layer; the mapping's EMA of w (for truncation) decays with this factor.
 W_AVG_BETA = 0.995
-STYLE_MLP_LR = 0.01  # learning-rate multiplier of the mapping and the per-layer text MLPs
+# Learning-rate multiplier of the mapping and the per-layer text MLPs (official: 0.01, tuned for
+# 25 000-kimg runs). Stored weights are N(0, 1)/lr_mult, so official checkpoints need 0.01.
+STYLE_MLP_LR = 0.01
 # Activations are channels_last (NHWC), oneDNN's native layout for convolutions on CPU; it also
 # makes the 1x1 convs (toRGB, D skip) plain matmuls over a free [B, H, W, C] view.
 MEMORY_FORMAT = torch.channels_last
@@ -79,13 +81,14 @@ def _mlp(dims: list[int], last_activation: str, lr_mult: float) -> nn.Sequential
 class MappingNetwork(nn.Module):
     """z [B, z_dim] -> ws [B, num_ws, w_dim]; tracks the EMA of w in ``w_avg`` while training."""
 
-    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8):
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8,
+                 lr_mult: float = STYLE_MLP_LR):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"mapping_layers must be >= 1, got {num_layers}")
         self.z_dim, self.w_dim, self.num_ws = z_dim, w_dim, num_ws
         dims = [z_dim] + [w_dim] * num_layers
-        self.layers = _mlp(dims, "lrelu", STYLE_MLP_LR)
+        self.layers = _mlp(dims, "lrelu", lr_mult)
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0,
@@ -102,19 +105,20 @@ class MappingNetwork(nn.Module):
 class ConditionedStyle(nn.Module):
     """Style s [B, in_channels] of one layer from w [B, w_dim] and the condition c [B, f_dim]."""
 
-    def __init__(self, w_dim: int, f_dim: int, mlp_dim: int, channels: int, mode: str):
+    def __init__(self, w_dim: int, f_dim: int, mlp_dim: int, channels: int, mode: str,
+                 lr_mult: float = STYLE_MLP_LR):
         super().__init__()
         self.mode = mode
         hidden = (f_dim + mlp_dim) // 2
         if mode == "concat":
-            self.text_mlp = _mlp([f_dim, hidden, mlp_dim], "lrelu", STYLE_MLP_LR)
+            self.text_mlp = _mlp([f_dim, hidden, mlp_dim], "lrelu", lr_mult)
             self.affine = FullyConnected(mlp_dim + w_dim, channels, bias_init=1.0)
         elif mode == "scale_bias":
             self.affine = FullyConnected(w_dim, channels, bias_init=1.0)
             # The last layer of each MLP has lr multiplier 1 (official code).
-            self.scale_mlp = nn.Sequential(*_mlp([f_dim, hidden, mlp_dim], "lrelu", STYLE_MLP_LR),
+            self.scale_mlp = nn.Sequential(*_mlp([f_dim, hidden, mlp_dim], "lrelu", lr_mult),
                                            FullyConnected(mlp_dim, channels))
-            self.bias_mlp = nn.Sequential(*_mlp([f_dim, hidden, mlp_dim], "lrelu", STYLE_MLP_LR),
+            self.bias_mlp = nn.Sequential(*_mlp([f_dim, hidden, mlp_dim], "lrelu", lr_mult),
                                           FullyConnected(mlp_dim, channels))
         else:
             raise ValueError(f"style mode must be 'concat' or 'scale_bias', got {mode!r}")
@@ -195,12 +199,13 @@ class SynthesisBlock(nn.Module):
     """One resolution of the 'skip' generator: (up-)conv, conv, toRGB; ws: [B, n, w_dim]."""
 
     def __init__(self, in_channels: int, out_channels: int, resolution: int, img_channels: int,
-                 w_dim: int, f_dim: int, mlp_dim: int, mode: str, conv_clamp: float | None):
+                 w_dim: int, f_dim: int, mlp_dim: int, mode: str, conv_clamp: float | None,
+                 lr_mult: float = STYLE_MLP_LR):
         super().__init__()
         self.resolution = resolution
 
         def style(ch: int) -> ConditionedStyle:
-            return ConditionedStyle(w_dim, f_dim, mlp_dim, ch, mode)
+            return ConditionedStyle(w_dim, f_dim, mlp_dim, ch, mode, lr_mult)
 
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
@@ -232,7 +237,7 @@ class SynthesisNetwork(nn.Module):
 
     def __init__(self, w_dim: int, f_dim: int, img_resolution: int, img_channels: int,
                  channel_base: int, channel_max: int, change_resolution: int, mlp_dim: int,
-                 conv_clamp: float | None):
+                 conv_clamp: float | None, lr_mult: float = STYLE_MLP_LR):
         super().__init__()
         log2 = _check_resolution(img_resolution)
         self.resolutions = [2 ** i for i in range(2, log2 + 1)]
@@ -243,7 +248,7 @@ class SynthesisNetwork(nn.Module):
             cout = _channels(res, channel_base, channel_max)
             mode = "concat" if res <= change_resolution else "scale_bias"
             block = SynthesisBlock(cin, cout, res, img_channels, w_dim, f_dim, mlp_dim, mode,
-                                   conv_clamp)
+                                   conv_clamp, lr_mult)
             self.blocks[f"b{res}"] = block
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last toRGB; every other toRGB shares w with the next block's conv0
@@ -272,15 +277,17 @@ class Generator(nn.Module):
     def __init__(self, z_dim: int = 512, c_dim: int = 512, w_dim: int = 512,
                  img_resolution: int = 256, img_channels: int = 3, channel_base: int = 32768,
                  channel_max: int = 512, mapping_layers: int = 8, change_resolution: int = 256,
-                 conv_clamp: float | None = None, style_mlp_dim: int | None = None):
+                 conv_clamp: float | None = None, style_mlp_dim: int | None = None,
+                 style_lr_mult: float = STYLE_MLP_LR):
         super().__init__()
         style_mlp_dim = style_mlp_dim or w_dim
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis = SynthesisNetwork(w_dim, c_dim, img_resolution, img_channels, channel_base,
-                                          channel_max, change_resolution, style_mlp_dim, conv_clamp)
+                                          channel_max, change_resolution, style_mlp_dim, conv_clamp,
+                                          style_lr_mult)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers)
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, style_lr_mult)
 
     def _check(self, z: torch.Tensor, c: torch.Tensor) -> None:
         if z.ndim != 2 or z.shape[1] != self.z_dim:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from langfree.io import atomic_write, write_json
 
 WEIGHTS = "perturb.safetensors"
 META = "perturb.json"
@@ -129,12 +130,9 @@ def save_perturbation(net: PerturbNet, meta: dict, outdir: str | Path) -> Path:
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    tmp = outdir / (WEIGHTS + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, outdir / WEIGHTS)
-    tmp = outdir / (META + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, outdir / META)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    atomic_write(outdir / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    write_json(outdir / META, meta)
     return outdir
 
 
