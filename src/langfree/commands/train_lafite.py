@@ -150,6 +150,7 @@ def train_lafite(
     from langfree.config import ConfigError
     from langfree.data.archive import ArchiveError, ImageArchive
     from langfree.training.loop import TrainOptions
+    from langfree.training.state import seed_everything
 
     check_processes(gpus)
     if perturb is not None and conditioning not in (None, "learned"):
@@ -166,6 +167,7 @@ def train_lafite(
                    **_perturb_widths(perturb)}
         config = build_config(preset, archive.resolution, encoder.embed_dim, options, overrides)
         _check_captions(config, archive, data)
+        seed_everything(seed)  # initial weights follow --seed (same on every process)
         family = build_family(config, encoder)
         _print_sizes(family)
         dataset = None if dry_run else conditioned_dataset(archive, data, encoder, seed)
