@@ -113,19 +113,25 @@ PRESETS: dict[str, LafiteConfig] = {
     # MM-CelebA-HQ at 256 px: same networks; no published per-dataset weights, so the seed
     # command's itd = itc = 10. Faces are mirror-symmetric, so x-flip stays on.
     "mmceleba256": LafiteConfig(),
-    # This machine: 32-px shapes, small widths (32 channels: ~50 img/s on one busy core, ~150 on
-    # a quiet one), strong conditioning (g_condition_gain; ξ = 1 i.e. cos(h̃, î) ≈ 0.71, since
-    # a 64-d small CLIP has little modality gap; τ 0.1). Measured (benchmarks/
-    # lafite_ablation.py, 10 000 images, batch 32): 12 kimg colour 0.33 / position 0.25 (gain 1:
-    # 0.17 / 0.12); 40 kimg colour 0.69 / shape 0.29 / position 0.52, still rising. itc 5 + γ 1
-    # was worse (0.51 / 0.25 / 0.30). No mirror: the captions name left/right, and a flipped
-    # image with an unflipped feature would teach G to ignore them. No path length: it costs a
-    # G pass every 4 steps for a smoothness that does not show at 32 px.
+    # This machine: 32-px shapes, small widths (32 channels), strong conditioning
+    # (g_condition_gain 8; ξ = 1 i.e. cos(h̃, î) ≈ 0.71, since a 64-d small CLIP has little
+    # modality gap), style_lr_mult 1 (the official 0.01 starves the condition path in a
+    # tens-of-kimg run). Measured with benchmarks/lafite_ablation.py (10 000 images, batch 32,
+    # 40 kimg, one thread, evaluator trained on 4 000 images), colour / shape / size / position:
+    #   style_lr_mult 1, τ 0.5 (this preset)   0.888 / 0.329 / 0.472 / 0.812
+    #   style_lr_mult 1, τ 0.1                  0.855 / 0.324 / 0.455 / 0.790
+    #   style_lr_mult 1, τ 0.1, itc = itd = 1   0.878 / 0.286 / 0.527 / 0.732
+    #   style_lr_mult 1, τ 0.1, gain 1          0.745 / 0.319 / 0.432 / 0.633
+    #   batch 64, 60 kimg (τ 0.1)               0.821 / 0.351 / 0.515 / 0.596
+    # With style_lr_mult 0.01 the 12-kimg point was colour 0.17 / position 0.12 (gain 1).
+    # No mirror: the captions name left/right, and a flipped image with an unflipped feature
+    # would teach G to ignore them. No path length: it costs a G pass every 4 steps for a
+    # smoothness that does not show at 32 px.
     "shapes32": LafiteConfig(
         resolution=32, z_dim=64, w_dim=128, channel_base=1024, channel_max=32,
         mapping_layers=2, change_resolution=32, mbstd_group_size=4, g_condition_gain=8.0,
         image_weight=0.5, image_noise=0.5, perturb_hidden=256,
-        temperature=0.1, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
+        temperature=0.5, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
         r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0, mirror=False,
         lr=0.002, ema_kimg=1.0, style_lr_mult=1.0,
     ),
