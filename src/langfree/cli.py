@@ -16,7 +16,6 @@ from langfree.commands import (
     generate,
     quickstart,
     train_lafite,
-    training,
 )
 
 app = typer.Typer(
@@ -50,7 +49,6 @@ def main(
 
 data.register(app)
 encoders.register(app, encoder_app)
-training.register(train_app)
 train_lafite.register(train_app)
 evaluate.register(app)
 generate.register(app)

@@ -54,8 +54,3 @@ def run_training(
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
-
-
-def register(group: typer.Typer) -> None:
-    """No generic subcommands: each family's train command registers itself on the same group
-    (``langfree.commands.train_lafite.register``) and calls ``run_training``."""
