@@ -170,15 +170,20 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete snapshots under ``run_dir/snapshots`` ordered by kimg (temp dirs skipped)."""
-    root = Path(run_dir) / "snapshots"
+def list_complete(root: Path, pattern: re.Pattern, marker: str, key=float) -> list[Path]:
+    """Directories in ``root`` whose name matches ``pattern`` (group 1 = sort key) and that hold
+    ``marker`` (written last, so temp and half-written directories are skipped), in key order."""
     found = []
     for p in root.iterdir() if root.is_dir() else []:
-        m = _SNAPSHOT_RE.match(p.name)
-        if m and (p / "manifest.json").is_file():
-            found.append((float(m.group(1)), p))
+        m = pattern.match(p.name)
+        if m and (p / marker).is_file():
+            found.append((key(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def list_snapshots(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete snapshots under ``run_dir/snapshots`` ordered by kimg (temp dirs skipped)."""
+    return list_complete(Path(run_dir) / "snapshots", _SNAPSHOT_RE, "manifest.json")
 
 
 def resolve_snapshot(path_or_rundir: str | os.PathLike) -> Path:

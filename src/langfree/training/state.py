@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from langfree.checkpoint import atomic_dir, load_tensors, save_tensors, write_json
+from langfree.checkpoint import atomic_dir, list_complete, load_tensors, save_tensors, write_json
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -151,13 +151,8 @@ def write_state(
 
 
 def list_states(run_dir: str | os.PathLike) -> list[Path]:
-    root = Path(run_dir) / "state"
-    found = []
-    for p in root.iterdir() if root.is_dir() else []:
-        m = _STEP_RE.match(p.name)
-        if m and (p / "progress.json").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    """Complete resumable states under ``run_dir/state`` ordered by step."""
+    return list_complete(Path(run_dir) / "state", _STEP_RE, "progress.json", key=int)
 
 
 def load_state(
