@@ -265,6 +265,18 @@ def test_coco256_parameter_count_matches_paper():
     assert abs(g - 45.0) < 1.0 and abs(d - 29.1) < 1.0, (g, d)
 
 
+def test_conv_clamp_reaches_both_networks():
+    """The official runs clamp G and D activations at 256; a converted D must clamp too."""
+    from langfree.families.lafite.family import build_networks
+
+    cfg = LafiteConfig(resolution=16, c_dim=16, z_dim=8, w_dim=16, channel_base=256, channel_max=16,
+                       mapping_layers=2, change_resolution=16, conv_clamp=256)
+    G, D = build_networks(cfg)
+    d_clamps = {m.conv_clamp for m in D.modules() if hasattr(m, "conv_clamp")}
+    g_clamps = {m.conv_clamp for m in G.modules() if hasattr(m, "conv_clamp")}
+    assert d_clamps == {256} and g_clamps == {256}
+
+
 def test_g_condition_gain_scales_what_g_sees():
     import numpy as np
 

@@ -42,7 +42,8 @@ def build_networks(config: LafiteConfig) -> tuple[nn.Module, nn.Module]:
                   style_lr_mult=config.style_lr_mult)
     D = Discriminator(c_dim=config.c_dim, img_resolution=config.resolution, img_channels=3,
                       channel_base=config.channel_base, channel_max=config.channel_max,
-                      mbstd_group_size=config.mbstd_group_size, projection=config.d_projection)
+                      mbstd_group_size=config.mbstd_group_size, projection=config.d_projection,
+                      conv_clamp=config.conv_clamp)  # official: one conv_clamp for G and D
     return G, D
 
 
