@@ -140,6 +140,44 @@ def test_official_exp_cos_form_differs_and_is_documented_choice():
         LafiteConfig(contrastive_form="exp")
 
 
+def test_queued_negatives_join_the_rows_direction_only():
+    torch.manual_seed(0)
+    a, b, bank = torch.randn(4, 6), torch.randn(4, 6), torch.randn(9, 6)
+    an, bn, kn = (F.normalize(t, dim=1) for t in (a, b, bank))
+    sim = an @ bn.t() / 0.5
+    rows = F.cross_entropy(torch.cat([sim, an @ kn.t() / 0.5], 1), torch.arange(4))
+    cols = F.cross_entropy(sim.t(), torch.arange(4))
+    got = losses.contrastive_loss(a, b, 0.5, lam=0.7, negatives=bank)
+    assert torch.allclose(got, 0.7 * rows + 0.3 * cols)
+    assert torch.equal(losses.contrastive_loss(a, b, 0.5, negatives=bank[:0]),
+                       losses.contrastive_loss(a, b, 0.5))
+    # a negative equal to a's own direction competes with the positive: the loss grows
+    near = losses.contrastive_loss(a, a, 0.1, negatives=a[:1] + 1e-3)
+    assert near > losses.contrastive_loss(a, a, 0.1) + 0.05  # ≈ 0.5 · log 2 / 4
+
+
+def test_condition_bank_is_a_fifo_that_fills_then_wraps():
+    bank = losses.ConditionBank(5, 2)
+    assert bank.negatives().shape == (0, 2)
+    bank.push(torch.tensor([[1.0, 0], [2, 0], [3, 0]]))
+    assert bank.negatives()[:, 0].tolist() == [1, 2, 3]
+    bank.push(torch.tensor([[4.0, 0], [5, 0], [6, 0]]))
+    assert sorted(bank.negatives()[:, 0].tolist()) == [2, 3, 4, 5, 6]   # 1, the oldest, is gone
+    assert "bank" in bank.state_dict() and "head" in bank.state_dict()  # saved and resumed
+
+
+def test_family_feeds_the_bank_once_per_step_and_saves_it():
+    torch.manual_seed(0)
+    fam = _family(contrastive_negatives=16)
+    assert "cond_bank" in fam.modules()
+    batch = fake_batch(fam.config)
+    phases = {p.name: p for p in fam.phases()}
+    fam.loss(phases["G"], fam.modules(), batch, 0).loss.backward()
+    assert int(fam.bank.filled) == 0                # the G phase reads the bank, never writes
+    fam.loss(phases["D"], fam.modules(), batch, 0).loss.backward()
+    assert int(fam.bank.filled) == len(batch["image"])
+
+
 def test_clip_view_follows_official_recipe_for_224_px_clip():
     img = torch.zeros(2, 3, 32, 32)
     padded = losses.clip_view(img, 224)

@@ -65,6 +65,7 @@ class LafiteConfig:
     clip_contrastive_weight: float = 10.0  # itc
     contrastive_form: str = "infonce"      # or "official_exp_cos" (see loss.contrastive_loss)
     contrastive_lambda: float = 0.5        # weight of the fake→condition direction (official lam)
+    contrastive_negatives: int = 0         # queue of past conditions as extra negatives (0 = off)
     clip_view: str = "auto"                # auto: official pad/crop to a ≥224-px CLIP; none
     r1_gamma: float = 10.0
     pl_weight: float = 2.0                 # 0 disables the Greg phase

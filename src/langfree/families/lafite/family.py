@@ -70,6 +70,8 @@ class LafiteFamily:
             self.perturb = PerturbNet(config.c_dim, config.perturb_hidden,
                                       config.perturb_layers).eval().requires_grad_(False)
         self.pl_state = _PathLengthMean() if config.pl_weight > 0 else None
+        self.bank = (losses.ConditionBank(config.contrastive_negatives, config.c_dim)
+                     if config.contrastive_negatives > 0 else None)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
 
     # ----------------------------------------------------------------- protocol: structure
@@ -87,6 +89,8 @@ class LafiteFamily:
             mods["perturb"] = self.perturb
         if self.pl_state is not None:
             mods["G_pl"] = self.pl_state
+        if self.bank is not None:
+            mods["cond_bank"] = self.bank
         return mods
 
     def ema_pairs(self) -> list[tuple[str, str]]:
@@ -148,14 +152,19 @@ class LafiteFamily:
              step: int) -> LossOutput:
         cfg = self.config
         h = condition_features(cfg, batch, nets.get("perturb", self.perturb))        # [B, c] unit
+        bank = nets.get("cond_bank", self.bank)
+        negatives = bank.negatives() if bank is not None else None
         if phase.name == "G":
             self._encoder_to(h.device)
-            loss, stats = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder, h)
+            loss, stats = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder, h,
+                                                negatives)
         elif phase.name == "Greg":
             loss, stats = losses.path_length_loss(cfg, nets["G"], h, nets.get("G_pl", self.pl_state).pl_mean)
         elif phase.name == "D":
             loss, stats = losses.discriminator_loss(cfg, nets["G"], nets["D"],
-                                                    self._reals(batch), h)
+                                                    self._reals(batch), h, negatives)
+            if bank is not None:  # filled once per step, after both contrastive uses
+                bank.push(h)
         elif phase.name == "Dreg":
             loss, stats = losses.r1_loss(cfg, nets["D"], self._reals(batch), h)
         else:

@@ -23,7 +23,8 @@ CLIP_FULL_SIZE = 224  # the official crop/pad recipe targets 224-px CLIP towers
 
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float,
-                     form: str = "infonce", lam: float = 0.5) -> torch.Tensor:
+                     form: str = "infonce", lam: float = 0.5,
+                     negatives: torch.Tensor | None = None) -> torch.Tensor:
     """Contrastive loss between paired rows of a [B, Da] and b [B, Db] (Da = Db); scalar.
 
     infonce (correct, default): logits_ij = cos(a_i, b_j) / τ;
@@ -31,16 +32,53 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float,
     official_exp_cos: logits_ij = exp(cos(a_i, b_j) / τ) fed to the same softmax — what the
         official code computes (its author notes it is incorrect but tuned the published
         hyper-parameters on it). Its extra ``·τ`` inside the log is a constant and is omitted.
+    negatives [K, Db] (optional, no gradient): extra candidates for the rows direction, so each
+        a_i picks b_i among B + K conditions (a MoCo-style queue; see ``ConditionBank``).
     """
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"contrastive_loss: expected two [B, D] tensors, got {tuple(a.shape)} "
                          f"and {tuple(b.shape)}")
-    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()          # [B, B] cosines
-    logits = sim / temperature if form == "infonce" else torch.exp(sim / temperature)
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    sim = a @ b.t()                                                     # [B, B] cosines
+    if negatives is not None and len(negatives):
+        extra = a @ F.normalize(negatives.detach(), dim=-1).t()         # [B, K]
+        row_sim = torch.cat([sim, extra], dim=1)                        # [B, B + K]
+    else:
+        row_sim = sim
+    scale = (lambda s: s / temperature) if form == "infonce" else (lambda s: torch.exp(s / temperature))
     target = torch.arange(a.shape[0], device=a.device)
-    rows = F.cross_entropy(logits, target)           # each a_i picks its b_i among all b
-    cols = F.cross_entropy(logits.t(), target)       # each b_j picks its a_j among all a
+    rows = F.cross_entropy(scale(row_sim), target)   # each a_i picks its b_i among all b (+ bank)
+    cols = F.cross_entropy(scale(sim).t(), target)   # each b_j picks its a_j among all a
     return lam * rows + (1 - lam) * cols
+
+
+class ConditionBank(nn.Module):
+    """FIFO queue of recent conditions h, the extra negatives of the contrastive losses.
+
+    Why: within a batch of 32 shapes images, colour and position alone tell almost every pair
+    apart (7 colours x 9 positions), so in-batch InfoNCE never asks G or D for shape or size.
+    Among K queued conditions many share colour and position and differ only in those, so the
+    contrastive terms must use them. A buffer (saved with snapshots and resumable state); empty
+    slots are not used until filled.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("bank", torch.zeros(size, dim))
+        self.register_buffer("filled", torch.zeros([], dtype=torch.long))
+        self.register_buffer("head", torch.zeros([], dtype=torch.long))
+
+    def negatives(self) -> torch.Tensor:
+        return self.bank[: int(self.filled)]                            # [K', D]
+
+    @torch.no_grad()
+    def push(self, h: torch.Tensor) -> None:
+        size = self.bank.shape[0]
+        h = h.detach()[-size:]
+        idx = (int(self.head) + torch.arange(len(h), device=h.device)) % size
+        self.bank[idx] = h.to(self.bank.dtype)
+        self.head.fill_((int(self.head) + len(h)) % size)
+        self.filled.fill_(min(size, int(self.filled) + len(h)))
 
 
 def clip_view(img: torch.Tensor, image_size: int, mode: str = "auto") -> torch.Tensor:
@@ -73,13 +111,14 @@ def _generate(config: LafiteConfig, G: nn.Module, z: torch.Tensor, h: torch.Tens
              style_mix_prob=config.style_mixing)
 
 
-def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor,
+                 negatives: torch.Tensor | None = None) -> torch.Tensor:
     return contrastive_loss(a, h, config.temperature, config.contrastive_form,
-                            config.contrastive_lambda)
+                            config.contrastive_lambda, negatives)
 
 
 def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h: torch.Tensor,
-                   ) -> tuple[torch.Tensor, dict]:
+                   negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Phase G. h [B, D] unit conditions. Returns (loss, stats)."""
     z = torch.randn(h.shape[0], config.z_dim, device=h.device)          # [B, z]
     fake = _generate(config, G, z, h)                                    # [B, 3, R, R]
@@ -92,12 +131,12 @@ def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h:
             raise ValueError("clip_contrastive_weight (--itc) > 0 needs an encoder; pass "
                              "--encoder or set --itc 0")
         clip_emb = encoder.encode_image(clip_view(fake, encoder.image_size, config.clip_view))
-        itc = _contrastive(config, clip_emb, h)
+        itc = _contrastive(config, clip_emb, h, negatives)
         loss = loss + config.clip_contrastive_weight * itc
         stats["G/itc"] = itc.detach()
         stats["G/clip_cos"] = (F.normalize(clip_emb, dim=-1) * h).sum(-1).mean().detach()
     if config.d_contrastive_weight > 0:
-        itd = _contrastive(config, f_s, h)
+        itd = _contrastive(config, f_s, h, negatives)
         loss = loss + config.d_contrastive_weight * itd
         stats["G/itd"] = itd.detach()
     return loss, stats
@@ -125,7 +164,8 @@ def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mea
 
 
 def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: torch.Tensor,
-                       h: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                       h: torch.Tensor, negatives: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, dict]:
     """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients."""
     with torch.no_grad():
         z = torch.randn(h.shape[0], config.z_dim, device=h.device)
@@ -139,7 +179,7 @@ def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: t
              "scores/real": real_logits.detach().mean(),
              "scores/fake_d": fake_logits.detach().mean()}
     if config.d_contrastive_weight > 0:
-        itd = _contrastive(config, f_s, h)
+        itd = _contrastive(config, f_s, h, negatives)
         loss = loss + config.d_contrastive_weight * itd
         stats["D/itd"] = itd.detach()
     return loss, stats
