@@ -80,6 +80,11 @@ def test_retrieval_hit_rule_counts_identical_main_attributes(shapes_zip):
     m = retrieval_metrics(_Oracle(archive, indices, main), archive, indices)
     assert m["eval_pairs"] == 60
     assert m["retrieval_top1"] == 1.0 and m["image_to_text_top1"] == 1.0
+    # one-hot oracle: a caption's feature IS its image's; different keys are orthogonal
+    assert m["paired_cosine"] == pytest.approx(1.0)
+    same = sum(main(archive.attributes(i)) == main(archive.attributes(j))
+               for i in indices for j in indices if i != j)
+    assert m["unpaired_cosine"] == pytest.approx(same / (60 * 59))
     # colour alone does not identify shape, size and position: those misses must count
     m = retrieval_metrics(_Oracle(archive, indices, lambda a: a["color"]), archive, indices)
     assert m["retrieval_top1"] < 1.0 and m["retrieval_top1_exact"] < 1.0

@@ -2,6 +2,9 @@
 promises, the generator's archive holds no captions, and a rerun reuses finished stages."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,6 +27,11 @@ def test_quickstart_smoke_writes_report_and_grid(tmp_path):
     assert report["fid"].get("inception") is False    # no Inception weights here: never implied
     assert report["kimg"] > 0 and report["minutes"] > 0
     assert 0.0 <= report["r_precision"]["value"] <= 1.0
+    # LAFITE-G's noise follows this CLIP's measured caption-image cosine, and training used it
+    pseudo = report["pseudo_text"]
+    assert pseudo["paired_cosine"] == pytest.approx(report["clip"]["paired_cosine"], abs=1e-4)
+    config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
+    assert config["config"]["image_noise"] == pytest.approx(pseudo["image_noise"])
 
     grid = Image.open(out / "grid.png")
     side = 32

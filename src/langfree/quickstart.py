@@ -11,6 +11,7 @@ user runs, so the quickstart exercises the real code path.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from langfree.io import write_json
 
 # Disjoint seeds: image i of seed s depends only on (s, i), so the three splits never share an image.
 CLIP_SEED, GAN_SEED, EVAL_SEED = 101, 202, 303
+
+
+OFFICIAL_PAIRED_COSINE = 0.25 / math.hypot(0.25, 0.75)  # what the official LAFITE-G noise implies
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,30 @@ def _train_clip(archive: Path, outdir: Path, plan: QuickstartPlan) -> dict:
     return train_small_clip(archive, outdir, seed=plan.seed, holdout=plan.clip_holdout, **kwargs)
 
 
+def _pseudo_text_noise(clip_dir: Path, clip_zip: Path, clip_metrics: dict, plan: QuickstartPlan
+                       ) -> dict:
+    """LAFITE-G's noise level for this CLIP: h̃ sits as far from the image feature as the CLIP's
+    held-out captions sit from their images (``conditioning.noise_for_cosine``)."""
+    from langfree.families.lafite.conditioning import noise_for_cosine
+    from langfree.families.lafite.config import preset
+
+    cos = clip_metrics.get("paired_cosine")
+    if cos is None:  # an encoder directory written before the cosine was recorded
+        from langfree.data.archive import ImageArchive
+        from langfree.encoders import load_encoder
+        from langfree.encoders.small_clip import _split, retrieval_metrics
+
+        archive = ImageArchive(clip_zip)
+        _, held_out = _split(len(archive), plan.clip_holdout, plan.seed)
+        cos = retrieval_metrics(load_encoder(str(clip_dir)), archive, held_out)["paired_cosine"]
+    weight = preset(f"shapes{plan.resolution}").image_weight
+    # Kept within [the official setting's 0.32, 0.999]: a CLIP whose captions sit farther from
+    # their images than pretrained CLIP's is untrained (the smoke plan's 10 steps).
+    used = min(max(cos, OFFICIAL_PAIRED_COSINE), 0.999)
+    return {"paired_cosine": round(cos, 4), "cosine_used": round(used, 4), "image_weight": weight,
+            "image_noise": round(noise_for_cosine(used, weight), 4)}
+
+
 def _evaluator_worker(eval_zip: str, evaluator_dir: str, seed: int, max_images: int) -> None:
     import torch
 
@@ -118,8 +146,8 @@ def _start_evaluator(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan):
     return proc
 
 
-def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan
-                  ) -> Path:
+def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan,
+                  image_noise: float) -> Path:
     """Language-free LAFITE through the user's command; returns the final snapshot."""
     from langfree.checkpoint import list_snapshots
     from langfree.cli import app
@@ -133,7 +161,8 @@ def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan:
             "--encoder", str(encoder_dir), "--preset", f"shapes{plan.resolution}",
             "--mixing_prob", "1.0", "--kimg", str(plan.gan_kimg), "--batch", str(plan.gan_batch),
             "--tick", str(plan.tick_kimg), "--snap", "1000", "--metrics", "none",
-            "--seed", str(plan.seed), "--outdir", str(outdir)]
+            "--seed", str(plan.seed), "--outdir", str(outdir),
+            "--set", f"image_noise={image_noise}"]
     app(argv, standalone_mode=False)
     runs = sorted(p for p in outdir.glob("*") if p.is_dir())
     snapshot = list_snapshots(runs[-1])[-1]
@@ -200,10 +229,14 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     ceiling = evaluator.ceiling
     log("    evaluator ceiling " + "  ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))
 
+    pseudo = _pseudo_text_noise(out / "clip", clip_zip, clip_metrics, plan)
+    log(f"    captions sit at cosine {pseudo['paired_cosine']} from their images under this CLIP: "
+        f"pseudo text features use image_noise {pseudo['image_noise']}")
     stages.start(f"4/6 training LAFITE language-free on {plan.gan_images} images without captions "
                  f"({plan.gan_kimg:g} kimg)")
     t_gan = time.time()
-    snapshot = _train_lafite(gan_zip, eval_zip, out / "clip", out / "runs", plan)
+    snapshot = _train_lafite(gan_zip, eval_zip, out / "clip", out / "runs", plan,
+                             pseudo["image_noise"])
     gan_minutes = (time.time() - t_gan) / 60
 
     stages.start("5/6 evaluating: attribute accuracy, R-precision, FID")
@@ -226,6 +259,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         "r_precision": results[names["r_precision"]],
         "fid": results[names["fid"]],
         "clip": clip_metrics,
+        "pseudo_text": pseudo,
         "kimg": manifest.get("kimg"),
         "gan_minutes": round(gan_minutes, 2),
         "minutes": round(stages.minutes(), 2),

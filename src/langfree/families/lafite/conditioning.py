@@ -16,6 +16,8 @@ per sample.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,16 @@ def random_directions(shape: torch.Size | tuple[int, ...], device: torch.device,
     """Unit vectors uniform on the sphere, [B, D]."""
     eps = torch.randn(shape, device=device, generator=generator)
     return F.normalize(eps, dim=-1)
+
+
+def noise_for_cosine(paired_cosine: float, image_weight: float) -> float:
+    """LAFITE-G noise weight that puts h̃ at ``paired_cosine`` from î, the cosine a real caption
+    has with its image under the same encoder: cos(h̃, î) = a / sqrt(a² + b²) for ε̂ ⟂ î, so
+    b = a·sqrt(1/cos² - 1). The official 0.25/0.75 is this rule for pretrained CLIP (cos ≈ 0.32);
+    a small CLIP trained on few captions has a much smaller modality gap (cos ≈ 0.95)."""
+    if not 0.0 < paired_cosine <= 1.0:
+        raise ValueError(f"paired text-image cosine must be in (0, 1], got {paired_cosine}")
+    return image_weight * math.sqrt(1.0 / paired_cosine ** 2 - 1.0)
 
 
 def gaussian_pseudo_text(image_emb: torch.Tensor, eps: torch.Tensor, image_weight: float,

@@ -66,10 +66,14 @@ class FullyConnected(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Scale the [B, in] input instead of the [out, in] weight: at small batches the weight is
         # the bigger tensor, and neither the forward nor the weight gradient then needs an
-        # extra pass over it (these layers are memory-bound at batch 8).
-        x = torch.addmm(self.bias * self.bias_gain, x * self.weight_gain, self.weight.t())  # [B, out]
+        # extra pass over it (these layers are memory-bound at batch 8). The bias gain rides on
+        # addmm's beta. The activation gain g folds into both (lrelu(g v) = g lrelu(v), g > 0),
+        # so a layer is three ops, each with a cheap backward.
+        g = ops.LRELU_GAIN if self.activation == "lrelu" else 1.0
+        x = torch.addmm(self.bias, x * (self.weight_gain * g), self.weight.t(),
+                        beta=self.bias_gain * g)  # [B, out]
         if self.activation == "lrelu":
-            x = F.leaky_relu(x, ops.LRELU_SLOPE) * ops.LRELU_GAIN
+            x = F.leaky_relu(x, ops.LRELU_SLOPE)
         return x
 
 
@@ -144,9 +148,9 @@ class StyledConv(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, noise_mode: str,
+    def forward(self, x: torch.Tensor, s: torch.Tensor, noise_mode: str,
                 gain: float = 1.0) -> torch.Tensor:
-        s = self.style(w, c)  # [B, I]
+        """x [B, I, H, W], s = self.style(w, c) [B, I] -> [B, O, H', W']."""
         d = ops.demodulation(self.weight, s)  # [B, O]
         # Modulate the activations instead of the weights: one convolution shared by the whole
         # batch (the official "non-fused" path), instead of a grouped conv per sample.
@@ -182,14 +186,18 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(img_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        s = self.style(w, c) * self.weight_gain  # [B, C]
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """x [B, C, H, W], s = self.style(w, c) [B, C] -> [B, 3, H, W]."""
+        s = s * self.weight_gain  # [B, C]
         # Fold the per-sample style into a per-sample [3, C] matrix: a batched matmul over pixels
         # costs less than scaling the whole activation first.
         m = self.weight.flatten(1).unsqueeze(0) * s.unsqueeze(1)  # [B, 3, C]
-        # x is channels_last, so [B, H, W, C] is a free view of it.
-        y = torch.matmul(x.permute(0, 2, 3, 1), m.transpose(1, 2).unsqueeze(1))  # [B, H, W, 3]
-        y = y.permute(0, 3, 1, 2) + self.bias.reshape(1, -1, 1, 1)  # [B, 3, H, W]
+        b, ch, h, wd = x.shape
+        # x is channels_last, so [B, H*W, C] is a free view of it; one batch-B matmul with the
+        # bias added inside (torch.matmul would broadcast to B*H tiny products instead).
+        y = torch.baddbmm(self.bias.reshape(1, 1, -1), x.permute(0, 2, 3, 1).reshape(b, h * wd, ch),
+                          m.transpose(1, 2))  # [B, H*W, 3]
+        y = y.reshape(b, h, wd, -1).permute(0, 3, 1, 2)  # [B, 3, H, W], channels_last strides
         if self.conv_clamp is not None:
             y = y.clamp(-self.conv_clamp, self.conv_clamp)
         return y
@@ -218,16 +226,20 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(out_channels, img_channels, style(out_channels), conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
-                c: torch.Tensor, noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def styles(self, ws: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
+        """The styles of this block's layers in order (conv0, conv1, torgb), each [B, channels]."""
+        layers = ([] if self.conv0 is None else [self.conv0]) + [self.conv1, self.torgb]
+        return [layer.style(ws[:, i], c) for i, layer in enumerate(layers)]
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, styles: list[torch.Tensor],
+                noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conv0 is None:
-            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # [B, C, 4, 4]
+            x = self.const.unsqueeze(0).expand(styles[0].shape[0], -1, -1, -1)  # [B, C, 4, 4]
             x = x.contiguous(memory_format=MEMORY_FORMAT)
-            x = self.conv1(x, ws[:, 0], c, noise_mode)
         else:
-            x = self.conv0(x, ws[:, 0], c, noise_mode)  # [B, C, R, R]
-            x = self.conv1(x, ws[:, 1], c, noise_mode)
-        y = self.torgb(x, ws[:, self.num_conv], c)  # [B, 3, R, R]
+            x = self.conv0(x, styles[0], noise_mode)  # [B, C, R, R]
+        x = self.conv1(x, styles[-2], noise_mode)  # [B, C, R, R]
+        y = self.torgb(x, styles[-1])  # [B, 3, R, R]
         img = y if img is None else ops.upsample2x(img) + y
         return x, img
 
@@ -258,12 +270,16 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"ws must be [B, {self.num_ws}, w_dim], got {list(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        x = img = None
-        i = 0
+        # All styles first, then the convolutions: the style MLPs stream ~all of G's weights
+        # (text MLPs per layer), and doing that in one go keeps those reads from evicting the
+        # activations between the synthesis layers (forward and, in reverse order, backward).
+        styles, i = [], 0
         for block in self.blocks.values():
-            n = block.num_conv
-            x, img = block(x, img, ws[:, i:i + n + 1], c, noise_mode)
-            i += n
+            styles.append(block.styles(ws[:, i:i + block.num_conv + 1], c))
+            i += block.num_conv
+        x = img = None
+        for block, block_styles in zip(self.blocks.values(), styles):
+            x, img = block(x, img, block_styles, noise_mode)
         return img.contiguous()  # [B, 3, R, R], standard layout for callers
 
 
@@ -333,8 +349,13 @@ class DiscriminatorBlock(nn.Module):
 
 def _conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 conv as a matmul over the channels_last view (oneDNN has no fast 1x1 path here)."""
-    y = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias)  # [B, H, W, O]
-    return y.permute(0, 3, 1, 2)  # [B, O, H, W], channels_last strides
+    b, _, h, w = x.shape
+    x = x.permute(0, 2, 3, 1).reshape(b * h * w, -1)  # [BHW, I], a free view when channels_last
+    # The weight as a contiguous [I, O] copy (tiny): autograd then forms its gradient as
+    # x^T @ grad ([I, BHW] @ [BHW, O]); F.linear's (grad^T @ x) is ~6x slower at I = 3 (fromrgb).
+    wt = weight.flatten(1).t().contiguous()  # [I, O]
+    y = x @ wt if bias is None else torch.addmm(bias, x, wt)  # [BHW, O]
+    return y.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # [B, O, H, W], channels_last strides
 
 
 def _lrelu_conv(layer: _ConvWeights, x: torch.Tensor, gain: float, clamp: float | None,
@@ -349,11 +370,11 @@ def _lrelu_conv(layer: _ConvWeights, x: torch.Tensor, gain: float, clamp: float 
     k = w.shape[-1]
     if down:
         # StyleGAN2's conv2d_resample(down=2): FIR filter with padding 2, then a stride-2 conv.
-        x = F.conv2d(ops.blur(x, pad=2), w, b, stride=2)
+        x = ops.conv2d(ops.blur(x, pad=2), w, b, stride=2)
     elif k == 1:
         x = _conv1x1(x, w, b)
     else:
-        x = F.conv2d(x, w, b, padding=k // 2)
+        x = ops.conv2d(x, w, b, padding=k // 2)
     x = F.leaky_relu(x, ops.LRELU_SLOPE)
     if clamp is not None:
         x = x.clamp(-clamp * gain, clamp * gain)

@@ -73,19 +73,52 @@ def blur(x: torch.Tensor, pad: int, gain: float = 1.0) -> torch.Tensor:
     return _FIR.apply(x, (pad, pad, pad, pad), gain)
 
 
+class _Down(torch.autograd.Function):
+    """FIR filter (padding 1) keeping every other sample, as ONE stride-2 depthwise conv.
+
+    It computes only the kept quarter of the outputs. Its adjoint is zero insertion followed by
+    the same (symmetric) filter, i.e. _Up with the same gain, and vice versa: each op is the
+    other's backward, so gradients of any order stay on these two fast conv paths.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: float) -> torch.Tensor:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"downsample2x needs even height and width, got {list(x.shape)}")
+        ctx.gain = gain
+        return F.conv2d(x, _kernel(x.shape[1], gain, x), stride=2, padding=1, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Up.apply(grad, ctx.gain), None
+
+
+class _Up(torch.autograd.Function):
+    """Zero insertion + FIR filter (padding 2 before, 1 after) as one stride-2 transposed
+    depthwise conv: no zero-inserted image is materialised (measured 2x faster than
+    zero-insert + conv, and it keeps channels_last)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: float) -> torch.Tensor:
+        ctx.gain = gain
+        k = _kernel(x.shape[1], gain, x)
+        return F.conv_transpose2d(x, k, stride=2, padding=1, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Down.apply(grad, ctx.gain), None
+
+
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, C, 2H, 2W] as StyleGAN2's ``upsample2d``: zero insertion, then the FIR
     filter with gain 4 and padding 2 before / 1 after."""
-    b, c, h, w = x.shape
-    x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, 1, 0, 0, 0, 1)).reshape(b, c, 2 * h, 2 * w)
-    return _FIR.apply(x, (2, 1, 2, 1), 4.0)
+    return _Up.apply(x, 4.0)
 
 
 def downsample2x(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, C, H/2, W/2] as StyleGAN2's ``downsample2d``: FIR filter (padding 1)
-    then every other sample. Filtering all positions costs 4x a strided filter but keeps the
-    backward on the fast path (see _FIR)."""
-    return blur(x, pad=1)[:, :, ::2, ::2]
+    then every other sample; H and W must be even."""
+    return _Down.apply(x, 1.0)
 
 
 def conv_up2x(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -125,7 +158,50 @@ def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:
         raise ValueError(f"discriminator batch {b} is not a multiple of the minibatch-stddev "
                          f"group size {g}; use a batch divisible by {g} or change mbstd_group_size")
     y = x.reshape(g, -1, c, h, w)  # [G, n, C, H, W]
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # [n, C, H, W]
+    # Variance over the group as mean of squared deviations: same maths as var(unbiased=False),
+    # but ~4x faster forward + backward on CPU than var's strided reduction over dim 0.
+    y = y - y.mean(dim=0)  # [G, n, C, H, W]
+    y = (y.square().mean(dim=0) + 1e-8).sqrt()  # [n, C, H, W]
     y = y.mean(dim=(1, 2, 3))  # [n]
     y = y.reshape(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w)  # [B, 1, H, W]
     return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+class _Conv2d(torch.autograd.Function):
+    """F.conv2d (groups 1, dilation 1) whose backward is written with plain conv ops.
+
+    First order it runs the same oneDNN kernels as autograd's own backward. The difference is
+    the second order (R1, path length): autograd differentiates its fused convolution_backward
+    with a generic double-backward that re-lays the tensors out and convolves with batch and
+    channels swapped (~4x slower here); the input gradient written as conv_transpose2d is
+    differentiated like any conv instead.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride: int, padding: int):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return F.conv2d(x, weight, bias, stride=stride, padding=padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            # conv_transpose2d reproduces sizes up to stride - 1 lost rows/cols: pad them back.
+            extra = [x.shape[i] - ((grad.shape[i] - 1) * s - 2 * p + weight.shape[i]) for i in (2, 3)]
+            grad_x = F.conv_transpose2d(grad, weight, stride=s, padding=p, output_padding=extra)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [s, s], [p, p], [1, 1], False, [0, 0], 1,
+                [False, True, False])[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """F.conv2d with a backward that stays fast when differentiated again (see _Conv2d)."""
+    return _Conv2d.apply(x, weight, bias, stride, padding)
