@@ -1,6 +1,7 @@
 """Training-step time of langfree's LAFITE networks vs the official ones (drboog/Lafite), on CPU.
 
     python benchmarks/lafite_vs_official.py --official /path/to/Lafite [--rounds 10] [--threads 1]
+                                            [--profile]
 
 Both sides get the identical small config (32 px, fp32) and the same weights (the official
 networks are built first, their tensors converted into langfree's), so their outputs agree; the
@@ -121,6 +122,58 @@ def check_agreement(a: Side, b: Side, z, c, real) -> float:
     return max((ia - ib).abs().max().item(), (la - lb).abs().max().item())
 
 
+def op_category(func, args) -> str:
+    """Coarse bucket of one aten op for the --profile breakdown."""
+    name = str(func)
+    if "convolution" in name:
+        weight = args[2] if "backward" in name else args[1]
+        # forward and backward together: langfree writes some gradients as plain convolutions
+        return "fir" if weight.dim() == 4 and weight.shape[1] == 1 else "conv"  # depthwise = FIR
+    if "mm" in name or "linear" in name:
+        return "matmul"
+    if "adam" in name or "foreach" in name:
+        return "adam"
+    views = ("view", "t.default", "detach", "expand", "permute", "unsqueeze", "slice.Tensor",
+             "select.int", "transpose", "squeeze", "_unsafe_view", "as_strided", "alias")
+    return "views" if any(v in name for v in views) else "elementwise/other"
+
+
+def profile(sides, phases, inputs, reps: int = 3) -> None:
+    """Thread CPU time per op category and per phase, measured AFTER (and apart from) the timed
+    rounds; the per-op clock adds overhead, so only the shares are meaningful, and the rest
+    (Python, autograd bookkeeping) shows as 'overhead' = plain phase time - sum of ops."""
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Clock(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ms, self.count = defaultdict(float), 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = time.thread_time()
+            out = func(*args, **(kwargs or {}))
+            self.ms[op_category(func, args)] += (time.thread_time() - t0) * 1e3 / reps
+            self.count += 1
+            return out
+
+    for side in sides:
+        for phase in phases:
+            c0 = time.process_time()
+            for _ in range(reps):
+                getattr(side, phase)(*inputs)
+            plain = (time.process_time() - c0) * 1e3 / reps
+            clock = Clock()
+            with clock:
+                for _ in range(reps):
+                    getattr(side, phase)(*inputs)
+            parts = dict(sorted(clock.ms.items()))
+            parts["overhead"] = plain - sum(clock.ms.values())
+            print(f"profile {side.name:9s} {phase:7s} {plain:6.1f} ms, {clock.count // reps} ops: "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--official", required=True, type=Path, help="path to a drboog/Lafite checkout")
@@ -128,6 +181,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--channel-max", type=int, default=128)
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timing, print a per-op-category breakdown of each phase")
     args = ap.parse_args()
     if not (args.official / "training" / "networks.py").is_file():
         sys.exit(f"--official {args.official}: no training/networks.py there; pass a drboog/Lafite checkout")
@@ -172,6 +227,8 @@ def main() -> None:
         print(f"{name:9s} G {m['g_main']*1e3:6.1f} ms  D {m['d_main']*1e3:6.1f} ms  "
               f"R1 {m['d_reg']*1e3:6.1f} ms  -> step (G + D + R1/{R1_INTERVAL}) "
               f"{step*1e3:6.1f} ms CPU, {step_wall*1e3:6.1f} ms wall (median of {args.rounds})")
+    if args.profile:  # after the timed rounds: it does not change what is timed
+        profile((official, langfree), PHASES, (real, z, c))
     print(f"ratio: {result['official'] / result['langfree']:.2f}")
 
 

@@ -148,9 +148,9 @@ class StyledConv(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, noise_mode: str,
+    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor, noise_mode: str,
                 gain: float = 1.0) -> torch.Tensor:
-        """x [B, I, H, W], s = self.style(w, c) [B, I] -> [B, O, H', W']."""
+        s = self.style(w, c)  # [B, I]
         d = ops.demodulation(self.weight, s)  # [B, O]
         # Modulate the activations instead of the weights: one convolution shared by the whole
         # batch (the official "non-fused" path), instead of a grouped conv per sample.
@@ -158,7 +158,7 @@ class StyledConv(nn.Module):
         if self.up:
             x = ops.conv_up2x(x, self.weight)  # [B, O, 2H, 2W]
         else:
-            x = F.conv2d(x, self.weight, padding=1)  # [B, O, H, W]
+            x = ops.conv2d(x, self.weight, padding=1)  # [B, O, H, W]
         # lrelu(g * v) = g * lrelu(v) for g > 0: the activation gain sqrt(2)*gain folds into the
         # demodulation, bias and noise scales, so no separate pass scales the activations.
         g = ops.LRELU_GAIN * gain
@@ -186,9 +186,8 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(img_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W], s = self.style(w, c) [B, C] -> [B, 3, H, W]."""
-        s = s * self.weight_gain  # [B, C]
+    def forward(self, x: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        s = self.style(w, c) * self.weight_gain  # [B, C]
         # Fold the per-sample style into a per-sample [3, C] matrix: a batched matmul over pixels
         # costs less than scaling the whole activation first.
         m = self.weight.flatten(1).unsqueeze(0) * s.unsqueeze(1)  # [B, 3, C]
@@ -226,20 +225,16 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGB(out_channels, img_channels, style(out_channels), conv_clamp)
         self.num_conv = 1 if in_channels == 0 else 2
 
-    def styles(self, ws: torch.Tensor, c: torch.Tensor) -> list[torch.Tensor]:
-        """The styles of this block's layers in order (conv0, conv1, torgb), each [B, channels]."""
-        layers = ([] if self.conv0 is None else [self.conv0]) + [self.conv1, self.torgb]
-        return [layer.style(ws[:, i], c) for i, layer in enumerate(layers)]
-
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, styles: list[torch.Tensor],
-                noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                c: torch.Tensor, noise_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.conv0 is None:
-            x = self.const.unsqueeze(0).expand(styles[0].shape[0], -1, -1, -1)  # [B, C, 4, 4]
+            x = self.const.unsqueeze(0).expand(ws.shape[0], -1, -1, -1)  # [B, C, 4, 4]
             x = x.contiguous(memory_format=MEMORY_FORMAT)
+            x = self.conv1(x, ws[:, 0], c, noise_mode)
         else:
-            x = self.conv0(x, styles[0], noise_mode)  # [B, C, R, R]
-        x = self.conv1(x, styles[-2], noise_mode)  # [B, C, R, R]
-        y = self.torgb(x, styles[-1])  # [B, 3, R, R]
+            x = self.conv0(x, ws[:, 0], c, noise_mode)  # [B, C, R, R]
+            x = self.conv1(x, ws[:, 1], c, noise_mode)
+        y = self.torgb(x, ws[:, self.num_conv], c)  # [B, 3, R, R]
         img = y if img is None else ops.upsample2x(img) + y
         return x, img
 
@@ -270,16 +265,12 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"ws must be [B, {self.num_ws}, w_dim], got {list(ws.shape)}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-        # All styles first, then the convolutions: the style MLPs stream ~all of G's weights
-        # (text MLPs per layer), and doing that in one go keeps those reads from evicting the
-        # activations between the synthesis layers (forward and, in reverse order, backward).
-        styles, i = [], 0
-        for block in self.blocks.values():
-            styles.append(block.styles(ws[:, i:i + block.num_conv + 1], c))
-            i += block.num_conv
         x = img = None
-        for block, block_styles in zip(self.blocks.values(), styles):
-            x, img = block(x, img, block_styles, noise_mode)
+        i = 0
+        for block in self.blocks.values():
+            n = block.num_conv
+            x, img = block(x, img, ws[:, i:i + n + 1], c, noise_mode)
+            i += n
         return img.contiguous()  # [B, 3, R, R], standard layout for callers
 
 

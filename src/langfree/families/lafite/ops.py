@@ -2,9 +2,11 @@
 
 StyleGAN2 resamples with the FIR low-pass filter [1, 3, 3, 1] (normalised to unit DC gain).
 The official code runs a generic ``upfirdn2d`` (zero-insertion, padding, crop, then a full 2-D
-depthwise convolution); here each resampling case is one strided depthwise convolution with the
-same filter and the same padding, which gives the same numbers without materialising the
-zero-inserted image. Everything here is differentiable twice (R1 and path-length penalties).
+depthwise convolution); here each resampling case is one (strided or transposed-strided)
+depthwise convolution with the same filter and the same padding, which gives the same numbers
+without materialising the zero-inserted image. Everything here is differentiable twice (R1 and
+path-length penalties), and the custom autograd Functions write their backward with the same
+fast forward ops, so that second-order terms avoid PyTorch's slow generic conv double-backward.
 
 Legend (StyleGAN2 paper, Karras et al. 2020, Sec. 2.2): ``styles`` s are per-sample input-channel
 scales, demodulation divides each output channel by sqrt(sum (w * s)^2 + 1e-8).
@@ -128,8 +130,42 @@ def conv_up2x(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     convolution (no weight flip) gives 2H+1 samples, then the FIR filter (gain 4, padding 1)
     low-passes and crops to 2H. weight: [O, I, 3, 3].
     """
-    y = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # [B, O, 2H+1, 2W+1]
+    y = _ConvUp.apply(x, weight)  # [B, O, 2H+1, 2W+1]
     return blur(y, pad=1, gain=4.0)  # [B, O, 2H, 2W]
+
+
+class _ConvUp(torch.autograd.Function):
+    """Stride-2 transposed 3x3 conv, x [B, I, H, W], weight [O, I, 3, 3] -> [B, O, 2H+1, 2W+1].
+
+    Backward written with plain conv ops for the same reason as _Conv2d (fast when path-length
+    regularisation differentiates it again): the input gradient is the stride-2 conv with the
+    same weight, the weight gradient that conv's weight gradient with input and output swapped.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        v = weight.transpose(0, 1)  # [I, O, 3, 3]: as a conv weight, it maps O -> I channels
+        if not torch.is_grad_enabled():  # first order: autograd's own fused kernel call
+            grad_x, grad_v, _ = torch.ops.aten.convolution_backward(
+                grad, x, v, None, [2, 2], [0, 0], [1, 1], True, [0, 0], 1,
+                [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+            return grad_x, None if grad_v is None else grad_v.transpose(0, 1)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, v, stride=2)  # [B, I, H, W]
+        if ctx.needs_input_grad[1]:
+            # <convT(x, V), g> = <x, conv(g, V)>: the weight gradient of conv(g, V) at output x.
+            grad_v = torch.ops.aten.convolution_backward(
+                x, grad, v, None, [2, 2], [0, 0], [1, 1], False, [0, 0], 1,
+                [False, True, False])[1]
+            grad_w = grad_v.transpose(0, 1)
+        return grad_x, grad_w
 
 
 def demodulation(weight: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
@@ -187,6 +223,15 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         s, p = ctx.stride, ctx.padding
+        if not torch.is_grad_enabled():
+            # Plain first-order backward (no create_graph): autograd's own fused kernel call,
+            # measured ~5% faster here than the split form below.
+            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                    ctx.has_bias and ctx.needs_input_grad[2]]
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, [s, s], [p, p],
+                [1, 1], False, [0, 0], 1, mask)
+            return grad_x, grad_w, grad_b, None, None
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             # conv_transpose2d reproduces sizes up to stride - 1 lost rows/cols: pad them back.
