@@ -115,16 +115,26 @@ PRESETS: dict[str, LafiteConfig] = {
     # command's itd = itc = 10. Faces are mirror-symmetric, so x-flip stays on.
     "mmceleba256": LafiteConfig(),
     # This machine: 32-px shapes, small widths (32 channels), strong conditioning
-    # (g_condition_gain 8; ξ = 1 i.e. cos(h̃, î) ≈ 0.71, since a 64-d small CLIP has little
-    # modality gap), style_lr_mult 1 (the official 0.01 starves the condition path in a
-    # tens-of-kimg run). Measured with benchmarks/lafite_ablation.py (10 000 images, batch 32,
-    # 40 kimg, one thread, evaluator trained on 4 000 images), colour / shape / size / position:
-    #   style_lr_mult 1, τ 0.5 (this preset)   0.888 / 0.329 / 0.472 / 0.812
-    #   style_lr_mult 1, τ 0.1                  0.855 / 0.324 / 0.455 / 0.790
-    #   style_lr_mult 1, τ 0.1, itc = itd = 1   0.878 / 0.286 / 0.527 / 0.732
-    #   style_lr_mult 1, τ 0.1, gain 1          0.745 / 0.319 / 0.432 / 0.633
-    #   batch 64, 60 kimg (τ 0.1)               0.821 / 0.351 / 0.515 / 0.596
-    # With style_lr_mult 0.01 the 12-kimg point was colour 0.17 / position 0.12 (gain 1).
+    # (g_condition_gain 8), style_lr_mult 1 (the official 0.01 starves the condition path in a
+    # tens-of-kimg run). ξ = 1 (cos(h̃, î) ≈ 0.71) is only the fallback: the quickstart sets
+    # image_noise from the CLIP's measured caption-image cosine (conditioning.noise_for_cosine;
+    # 0.18 for a small CLIP at cos ≈ 0.94).
+    # What limits a CPU-length run is how fast G learns to draw edges: 40 kimg is only 1 250
+    # steps, and even plain pixel regression of this G onto 64 images leaves stars as blobs
+    # after 800 steps at lr 0.002-0.006. So lr is ~6x the official 0.0025, the largest
+    # stable value found. Measured with benchmarks/lafite_ablation.py (10 000 images, batch 32,
+    # 40 kimg, one thread, evaluator on 4 000 images; image_noise 0.18), colour / shape / size
+    # / position / all four:
+    #   lr 0.002, no negatives queue, ξ = 1      0.893 / 0.286 / 0.491 / 0.923 / 0.127
+    #   lr 0.002, queue 2048, ξ = 1              0.885 / 0.331 / 0.486 / 0.876 / 0.131
+    #   lr 0.002, queue 2048                      0.930 / 0.371 / 0.537 / 0.952 / 0.184
+    #   lr 0.004, queue 2048                      0.968 / 0.399 / 0.557 / 0.980 / 0.237
+    #   lr 0.008, queue 2048                      0.986 / 0.433 / 0.636 / 0.985 / 0.335
+    #   lr 0.016, queue 2048 (this preset)        0.984 / 0.649 / 0.788 / 0.992 / 0.565
+    #   lr 0.024, queue 2048                      0.970 / 0.614 / 0.725 / 0.997 / 0.494
+    #   lr 0.032, queue 2048                      0.614 / 0.291 / 0.520 / 0.819 / 0.092 (unstable)
+    # Not the cause (lr 0.002): R1 γ 0.01 (shape 0.293), channel_max 64 (0.338, 2x time),
+    # batch 16 (0.349 at lr 0.004), τ 0.1 (0.407 at lr 0.004), G_ema half-life 4 kimg (worse).
     # No mirror: the captions name left/right, and a flipped image with an unflipped feature
     # would teach G to ignore them. No path length: it costs a G pass every 4 steps for a
     # smoothness that does not show at 32 px.
@@ -134,7 +144,7 @@ PRESETS: dict[str, LafiteConfig] = {
         image_weight=0.5, image_noise=0.5, perturb_hidden=256,
         temperature=0.5, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
         r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0, mirror=False,
-        lr=0.002, ema_kimg=1.0, style_lr_mult=1.0,
+        lr=0.016, ema_kimg=1.0, style_lr_mult=1.0, contrastive_negatives=2048,
     ),
 }
 
