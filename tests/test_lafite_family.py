@@ -315,6 +315,19 @@ def test_conv_clamp_reaches_both_networks():
     assert d_clamps == {256} and g_clamps == {256}
 
 
+def test_discriminator_can_be_wider_than_the_generator():
+    from langfree.families.lafite.family import build_networks, count_parameters
+
+    cfg = LafiteConfig(resolution=16, c_dim=16, z_dim=8, w_dim=16, channel_base=128, channel_max=8,
+                       mapping_layers=2, change_resolution=16)
+    G, D = build_networks(cfg)
+    G2, D2 = build_networks(cfg.replace(d_channel_base=256, d_channel_max=16))
+    assert count_parameters(G2) == count_parameters(G)          # G untouched
+    assert D2.blocks["b16"].conv0.weight.shape[0] == 16 and D.blocks["b16"].conv0.weight.shape[0] == 8
+    logits, feats = D2(torch.zeros(2, 3, 16, 16), F.normalize(torch.randn(2, 16), dim=-1))
+    assert logits.shape == (2,) and feats.shape == (2, 16)
+
+
 def test_g_condition_gain_scales_what_g_sees():
     import numpy as np
 

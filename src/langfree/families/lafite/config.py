@@ -32,6 +32,8 @@ class LafiteConfig:
     c_dim: int = 512              # = encoder.embed_dim (the CLI fills it from the encoder)
     channel_base: int = 32768     # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 512
+    d_channel_base: int | None = None  # D's own widths (None: the same as G's, as officially)
+    d_channel_max: int | None = None
     mapping_layers: int = 8
     change_resolution: int = 256  # layers above this use style = bias(h) + affine(w)·scale(h)
     d_projection: str = "per_sample"  # paper's ⟨f_s(x_i), h_i⟩; "batch_sum" = official code

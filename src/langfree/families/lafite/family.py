@@ -41,7 +41,8 @@ def build_networks(config: LafiteConfig) -> tuple[nn.Module, nn.Module]:
                   change_resolution=config.change_resolution, conv_clamp=config.conv_clamp,
                   style_lr_mult=config.style_lr_mult)
     D = Discriminator(c_dim=config.c_dim, img_resolution=config.resolution, img_channels=3,
-                      channel_base=config.channel_base, channel_max=config.channel_max,
+                      channel_base=config.d_channel_base or config.channel_base,
+                      channel_max=config.d_channel_max or config.channel_max,
                       mbstd_group_size=config.mbstd_group_size, projection=config.d_projection,
                       conv_clamp=config.conv_clamp)  # official: one conv_clamp for G and D
     return G, D
