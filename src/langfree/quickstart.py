@@ -39,7 +39,7 @@ class QuickstartPlan:
     clip_steps: int | None = 500       # 300 steps gave retrieval_top1 0.765 here; 400 gave 0.969
     clip_holdout: int = 1000           # held-out pairs for retrieval_top1
     clip_batch: int | None = None      # None: train_small_clip's default
-    gan_kimg: float = 80.0
+    gan_kimg: float = 120.0
     gan_batch: int = 32
     tick_kimg: float = 4.0
     attribute_samples: int = 945       # 7 colours x 5 shapes x 3 sizes x 9 positions
