@@ -19,8 +19,8 @@ from pathlib import Path
 
 
 def _highfreq(x):
-    import torch.nn.functional as F
     import torch
+    import torch.nn.functional as F
 
     k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).expand(3, 1, 3, 3)
     return F.conv2d(x, k, padding=1, groups=3).abs().mean()

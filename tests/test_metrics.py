@@ -21,7 +21,6 @@ from langfree.metrics import (
     parse_metric,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

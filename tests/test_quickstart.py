@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from PIL import Image
 from typer.testing import CliRunner
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from langfree import __version__
-from langfree.io import atomic_write, write_json  # noqa: F401  (write_json: part of this module's API)
+from langfree.io import atomic_write, write_json
 
 FORMAT = "langfree-snapshot"
 FORMAT_VERSION = 1

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from langfree.checkpoint import atomic_dir, list_complete, load_tensors, save_tensors, write_json
+from langfree.checkpoint import (
+    atomic_dir,
+    list_complete,
+    load_tensors,
+    save_tensors,
+    write_json,
+)
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
