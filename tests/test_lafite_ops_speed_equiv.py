@@ -11,23 +11,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_lafite_networks import _fir_reference as _fir_ref
 
 from langfree.families.lafite import networks, ops
 
-TAPS = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
-
-
-def _fir_ref(x, up, down, pad0, pad1, gain):
-    """Zero-insert by `up`, pad, correlate with outer([1,3,3,1])/64 * gain, keep every `down`."""
-    b, ch, h, w = x.shape
-    if up > 1:
-        z = torch.zeros(b, ch, h * up, w * up, dtype=x.dtype)
-        z[:, :, ::up, ::up] = x
-        x = z
-    x = F.pad(x, (pad0, pad1, pad0, pad1))
-    k = torch.outer(TAPS, TAPS).to(x.dtype)
-    k = (k / k.sum() * gain).expand(ch, 1, 4, 4)
-    return F.conv2d(x, k, groups=ch)[:, :, ::down, ::down]
 
 
 def _x(*shape, grad=True):
