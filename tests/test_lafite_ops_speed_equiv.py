@@ -16,7 +16,6 @@ from test_lafite_networks import _fir_reference as _fir_ref
 from langfree.families.lafite import networks, ops
 
 
-
 def _x(*shape, grad=True):
     g = torch.Generator().manual_seed(sum(shape))
     return torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_(grad)
