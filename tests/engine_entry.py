@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", default=None)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--lr-rampdown", type=float, default=0.0)
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds per dataset item")
     args = ap.parse_args()
 
@@ -58,6 +59,7 @@ def main() -> None:
         deterministic=True,
         resume=args.resume,
         workers=args.workers,
+        lr_rampdown=args.lr_rampdown,
     )
     run_training(
         family,

@@ -208,7 +208,24 @@ def test_key_sampler_is_a_resumable_split_permutation():
     assert take(KeySampler(n, seed, start=16), 24) == single[16:]  # resume at a position
 
 
+def test_lr_rampdown_is_a_half_cosine_over_the_last_fraction(tmp_path):
+    fam = _family()
+    (opt,) = fam.optimizers().values()
+    base = opt.param_groups[0]["lr"]
+    run = train(fam, tiny_family.TinyDataset(),
+                _options(tmp_path, kimg=0.128, tick_kimg=0.032, lr_rampdown=0.5), {})
+    scales = [s["Progress/lr_scale"] for s in _stats(run)]
+    # ticks end at 1/4, 2/4, 3/4, 4/4 of the run; the ramp covers the second half
+    assert scales == pytest.approx([1.0, 1.0, 0.5, 0.0], abs=1e-6)
+    # the last step ran at lr = base * scale(15/16 of the run) and left that lr in place
+    assert opt.param_groups[0]["lr"] == pytest.approx(base * 0.5 * (1 + np.cos(np.pi * 7 / 8)))
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["lr_rampdown"] == 0.5
+
+
 def test_bad_options_are_clear_errors(tmp_path):
+    with pytest.raises(TrainingError, match="lr_rampdown"):
+        train(_family(), tiny_family.TinyDataset(), _options(tmp_path, lr_rampdown=1.5), {})
     with pytest.raises(TrainingError, match="mixed_precision"):
         train(_family(), tiny_family.TinyDataset(), _options(tmp_path, mixed_precision="fp16"), {})
     with pytest.raises(Exception, match="resume"):

@@ -59,7 +59,9 @@ def _wait_for_state(outdir: Path, proc: subprocess.Popen, timeout: float = 90) -
 
 
 def test_resume_after_sigkill_is_exact(tmp_path):
-    game = ["--family", "tiny_gan", "--kimg", "0.192", "--tick-kimg", "0.032", "--snap", "2"]
+    # lr ramp-down over the second half: the kill lands inside it, so the schedule is resumed too
+    game = ["--family", "tiny_gan", "--kimg", "0.192", "--tick-kimg", "0.032", "--snap", "2",
+            "--lr-rampdown", "0.5"]
     whole = _run(["--outdir", str(tmp_path / "whole")] + game)
     assert whole.returncode == 0, whole.stderr
 

@@ -12,6 +12,7 @@ preview grid, metrics) and the resumable state.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -104,6 +105,9 @@ class _Loop:
         for module in self.modules.values():
             module.to(procs.device)
         self.optimizers = self.family.optimizers()
+        # The family's learning rates, before any schedule or restored state touches them.
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups]
+                         for name, opt in self.optimizers.items()}
         self.phases = self.family.phases()
         self.phase_params = {p.name: self._trainable(p) for p in self.phases}
         rng = self._restore(state_dir) if state_dir is not None else None
@@ -212,7 +216,19 @@ class _Loop:
             self.loader = None  # shuts DataLoader workers down now, not at garbage collection
         return self.run_dir
 
+    def lr_scale(self) -> float:
+        """1 until the last ``lr_rampdown`` fraction of the run, then a half cosine to 0."""
+        ramp = self.opts.get("lr_rampdown", 0.0)
+        if ramp <= 0:
+            return 1.0
+        t = (self.nimg / self.total_nimg - (1.0 - ramp)) / ramp
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
     def _step(self) -> None:
+        scale = self.lr_scale()
+        for name, opt in self.optimizers.items():  # a function of nimg: resume stays exact
+            for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = base * scale
         micro = [
             prepare_batch(next(self.loader), self.procs.device)
             for _ in range(self.opts["accumulation"])
@@ -304,6 +320,7 @@ class _Loop:
             "sec_per_tick": tick_time,
             "sec_per_kimg": tick_time / max(tick_nimg, 1) * 1000,
             "maintenance": maintenance,
+            "lr_scale": self.lr_scale(),
             "cpumem": cpumem,
             "gpumem": gpumem,
         }

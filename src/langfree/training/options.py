@@ -23,6 +23,10 @@ class TrainOptions:
     snap: int = 50  # ticks between snapshots (+ metrics, state); 0 = end only
     ema_kimg: float | None = None  # EMA half-life; None = family default
     ema_rampup: float | None = None  # cap the half-life at rampup * images seen
+    # Fraction of --kimg at the end over which every learning rate falls to 0 (half cosine);
+    # None = family default, 0 = constant lr (StyleGAN2). A short run ends on its average, not
+    # on the last noisy steps of a high lr.
+    lr_rampdown: float | None = None
     seed: int = 0
     deterministic: bool = False  # deterministic kernels: exact resume, slower on GPU
     resume: str | None = None  # 'latest' | run dir | state dir
@@ -78,10 +82,16 @@ def resolve_options(family: Any, options: TrainOptions, procs: Processes) -> dic
         ema_kimg = default(batch) if callable(default) else default
     if ema_kimg is None:
         ema_kimg = 10.0 * batch / 32  # StyleGAN2-ADA's convention
+    lr_rampdown = options.lr_rampdown
+    if lr_rampdown is None:
+        lr_rampdown = getattr(getattr(family, "config", None), "lr_rampdown", 0.0)
+    if not 0.0 <= lr_rampdown <= 1.0:
+        raise TrainingError(f"lr_rampdown {lr_rampdown}: must be in [0, 1] (fraction of --kimg)")
     return {
         **dataclasses.asdict(options),
         "batch_gpu": batch_gpu,
         "ema_kimg": float(ema_kimg),
+        "lr_rampdown": float(lr_rampdown),
         "processes": world,
         "accumulation": batch // world // batch_gpu,
         "device": str(procs.device),

@@ -82,6 +82,7 @@ class LafiteConfig:
     g_reg_interval: int = 4
     d_reg_interval: int = 16
     ema_kimg: float | None = None          # G_ema half-life; None = official 10 · batch / 32
+    lr_rampdown: float = 0.0               # last fraction of the run: lr -> 0 (0 = official)
 
     def __post_init__(self) -> None:
         _choice("conditioning", self.conditioning, CONDITIONING_MODES)
