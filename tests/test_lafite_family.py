@@ -178,6 +178,33 @@ def test_family_feeds_the_bank_once_per_step_and_saves_it():
     assert int(fam.bank.filled) == len(batch["image"])
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_fakes_skips_the_d_phase_generator_pass(reuse):
+    torch.manual_seed(0)
+    fam = _family(reuse_fakes=reuse)
+    nets = fam.modules()
+    phases = {p.name: p for p in fam.phases()}
+    calls = []
+    hook = fam.G.register_forward_hook(lambda m, args, out: calls.append(out.detach().clone()))
+    seen = []
+    d_hook = fam.D.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    batch = fake_batch(fam.config)
+    fam.loss(phases["G"], nets, batch, 0).loss.backward()
+    fam.loss(phases["D"], nets, batch, 0).loss.backward()
+    hook.remove(), d_hook.remove()
+    assert len(calls) == (1 if reuse else 2)
+    # D's phase judges the G phase's own fakes exactly when reusing, fresh ones otherwise
+    assert torch.equal(seen[1], calls[0]) == reuse
+    assert not fam._fakes                                   # nothing kept past the D phase
+    # another micro-batch (or step) never picks up this one's fakes
+    fam.loss(phases["G"], nets, batch, 1)
+    other = fake_batch(fam.config)
+    calls.clear()
+    fam.G.register_forward_hook(lambda m, args, out: calls.append(out))
+    fam.loss(phases["D"], nets, other, 1)
+    assert len(calls) == 1
+
+
 def test_clip_view_follows_official_recipe_for_224_px_clip():
     img = torch.zeros(2, 3, 32, 32)
     padded = losses.clip_view(img, 224)

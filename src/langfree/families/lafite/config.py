@@ -74,6 +74,9 @@ class LafiteConfig:
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
     style_mixing: float = 0.9
+    # D's phase reuses the fakes (and conditions) this step's G phase drew instead of running G
+    # again: one G forward less per step. D then sees G one update older than officially.
+    reuse_fakes: bool = False
     mirror: bool = True                    # x-flip reals; their features are NOT flipped
 
     # --- optimiser
@@ -149,6 +152,7 @@ PRESETS: dict[str, LafiteConfig] = {
         temperature=0.5, d_contrastive_weight=2.0, clip_contrastive_weight=2.0,
         r1_gamma=0.1, pl_weight=0.0, style_mixing=0.0, mirror=False,
         lr=0.016, ema_kimg=1.0, style_lr_mult=1.0, contrastive_negatives=2048,
+        reuse_fakes=True,
     ),
 }
 

@@ -74,6 +74,7 @@ class LafiteFamily:
         self.bank = (losses.ConditionBank(config.contrastive_negatives, config.c_dim)
                      if config.contrastive_negatives > 0 else None)
         self._optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self._fakes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # reuse_fakes: G -> D
 
     # ----------------------------------------------------------------- protocol: structure
     @property
@@ -152,18 +153,27 @@ class LafiteFamily:
     def loss(self, phase: Phase, nets: dict[str, nn.Module], batch: dict[str, Any],
              step: int) -> LossOutput:
         cfg = self.config
-        h = condition_features(cfg, batch, nets.get("perturb", self.perturb))        # [B, c] unit
+        key = (step, id(batch["image"]))  # the same micro-batch reaches G, then D, each step
+        reused = self._fakes.pop(key, None) if phase.name == "D" else None
+        if reused is not None:     # D sees the fakes (and conditions) G was trained on
+            h, fake = reused
+        else:
+            h = condition_features(cfg, batch, nets.get("perturb", self.perturb))    # [B, c] unit
+            fake = None
         bank = nets.get("cond_bank", self.bank)
         negatives = bank.negatives() if bank is not None else None
         if phase.name == "G":
             self._encoder_to(h.device)
-            loss, stats = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder, h,
-                                                negatives)
+            loss, stats, fake = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder,
+                                                      h, negatives)
+            if cfg.reuse_fakes:
+                self._fakes = {k: v for k, v in self._fakes.items() if k[0] == step}
+                self._fakes[key] = (h.detach(), fake)
         elif phase.name == "Greg":
             loss, stats = losses.path_length_loss(cfg, nets["G"], h, nets.get("G_pl", self.pl_state).pl_mean)
         elif phase.name == "D":
             loss, stats = losses.discriminator_loss(cfg, nets["G"], nets["D"],
-                                                    self._reals(batch), h, negatives)
+                                                    self._reals(batch), h, negatives, fake)
             if bank is not None:  # filled once per step, after both contrastive uses
                 bank.push(h)
         elif phase.name == "Dreg":

@@ -118,8 +118,9 @@ def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor,
 
 
 def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h: torch.Tensor,
-                   negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Phase G. h [B, D] unit conditions. Returns (loss, stats)."""
+                   negatives: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """Phase G. h [B, D] unit conditions. Returns (loss, stats, the fakes detached)."""
     z = torch.randn(h.shape[0], config.z_dim, device=h.device)          # [B, z]
     fake = _generate(config, G, z, h)                                    # [B, 3, R, R]
     logits, f_s = D(fake, h)                                             # [B], [B, c]
@@ -139,7 +140,7 @@ def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h:
         itd = _contrastive(config, f_s, h, negatives)
         loss = loss + config.d_contrastive_weight * itd
         stats["G/itd"] = itd.detach()
-    return loss, stats
+    return loss, stats, fake.detach()
 
 
 def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mean: torch.Tensor,
@@ -165,11 +166,13 @@ def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mea
 
 def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: torch.Tensor,
                        h: torch.Tensor, negatives: torch.Tensor | None = None,
-                       ) -> tuple[torch.Tensor, dict]:
-    """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients."""
-    with torch.no_grad():
-        z = torch.randn(h.shape[0], config.z_dim, device=h.device)
-        fake = _generate(config, G, z, h)                                # [B, 3, R, R]
+                       fake: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients, unless
+    ``fake`` [B, 3, R, R] (made from h, e.g. by this step's G phase) is given."""
+    if fake is None:
+        with torch.no_grad():
+            z = torch.randn(h.shape[0], config.z_dim, device=h.device)
+            fake = _generate(config, G, z, h)                            # [B, 3, R, R]
     fake_logits, _ = D(fake, h)                                         # [B]
     real_logits, f_s = D(real, h)                                       # [B], [B, c]
     loss_fake = F.softplus(fake_logits).mean()
