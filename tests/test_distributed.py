@@ -53,3 +53,31 @@ def test_distributed_two_processes_end_identical(tmp_path, workers):
     log = (run / "log.txt").read_text()
     assert "processes 2" in log and "micro-batch 2 x 2" in log  # 8 = 2 ranks × 2 micro × 2
     assert sum(line.startswith("tick ") for line in log.splitlines()) == 4
+
+
+def _bank_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from langfree.families.lafite.loss import ConditionBank
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        bank = ConditionBank(8, 2)
+        bank.push(torch.full((3, 2), float(rank + 1)))       # each rank sees its own conditions
+        save_file({"bank": bank.bank, "filled": bank.filled}, f"{out}/bank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_condition_bank_holds_every_ranks_conditions_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_bank_worker, args=(2, init, str(tmp_path)), nprocs=2, join=True)
+    banks = [load_file(tmp_path / f"bank{r}.safetensors") for r in range(2)]
+    assert (banks[0]["bank"] == banks[1]["bank"]).all()          # identical queues
+    assert int(banks[0]["filled"]) == 6
+    assert banks[0]["bank"][:6, 0].tolist() == [1, 1, 1, 2, 2, 2]   # rank 0's, then rank 1's

@@ -59,7 +59,9 @@ class ConditionBank(nn.Module):
     apart (7 colours x 9 positions), so in-batch InfoNCE never asks G or D for shape or size.
     Among K queued conditions many share colour and position and differ only in those, so the
     contrastive terms must use them. A buffer (saved with snapshots and resumable state); empty
-    slots are not used until filled.
+    slots are not used until filled. Under several processes every rank pushes the whole global
+    batch (all-gathered), so all ranks hold the same queue: the loop's per-tick buffer averaging
+    leaves it unchanged and the saved queue is every rank's.
     """
 
     def __init__(self, size: int, dim: int) -> None:
@@ -74,11 +76,22 @@ class ConditionBank(nn.Module):
     @torch.no_grad()
     def push(self, h: torch.Tensor) -> None:
         size = self.bank.shape[0]
-        h = h.detach()[-size:]
+        h = _from_all_ranks(h.detach())[-size:]
         idx = (int(self.head) + torch.arange(len(h), device=h.device)) % size
         self.bank[idx] = h.to(self.bank.dtype)
         self.head.fill_((int(self.head) + len(h)) % size)
         self.filled.fill_(min(size, int(self.filled) + len(h)))
+
+
+def _from_all_ranks(x: torch.Tensor) -> torch.Tensor:
+    """[B, ...] on each rank -> [world·B, ...] in rank order (x itself in one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
 
 
 def clip_view(img: torch.Tensor, image_size: int, mode: str = "auto") -> torch.Tensor:
