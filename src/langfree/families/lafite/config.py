@@ -142,6 +142,12 @@ PRESETS: dict[str, LafiteConfig] = {
     #   lr 0.032, queue 2048                      0.614 / 0.291 / 0.520 / 0.819 / 0.092 (unstable)
     # Not the cause (lr 0.002): R1 γ 0.01 (shape 0.293), channel_max 64 (0.338, 2x time),
     # batch 16 (0.349 at lr 0.004), τ 0.1 (0.407 at lr 0.004), G_ema half-life 4 kimg (worse).
+    # Caution: identical 40-kimg runs differ by up to ±0.07 in shape (0.47-0.61 measured for
+    # this preset), so only the lr trend above is clearly more than run-to-run spread. Within
+    # one run shape climbs steadily (0.39 at 16 kimg -> 0.61 at 44), without oscillation, so
+    # averaging snapshots does not help (tried: last 3 / 5 snapshots, 0.58 vs 0.61 last) and an
+    # lr ramp-down over the last half (lr_rampdown 0.5) lost ground (0.485); what helps is more
+    # steps, hence reuse_fakes (-15 % time per step).
     # No mirror: the captions name left/right, and a flipped image with an unflipped feature
     # would teach G to ignore them. No path length: it costs a G pass every 4 steps for a
     # smoothness that does not show at 32 px.
