@@ -39,8 +39,8 @@ class QuickstartPlan:
     clip_steps: int | None = 500       # 300 steps gave retrieval_top1 0.765 here; 400 gave 0.969
     clip_holdout: int = 1000           # held-out pairs for retrieval_top1
     clip_batch: int | None = None      # None: train_small_clip's default
-    # Shape accuracy: 0.75 at 120 kimg, 0.79 at 150, 0.78 at 180 (one run each; runs spread by
-    # a few hundredths), so past 150 kimg more time buys little.
+    # Shape accuracy at itc 2: 0.75 at 120 kimg, 0.79 at 150, 0.78 at 180 (one run each; runs
+    # spread by a few hundredths), so past 150 kimg more time buys little. itc 6: 0.80 at 150.
     gan_kimg: float = 150.0
     gan_batch: int = 32
     tick_kimg: float = 4.0
