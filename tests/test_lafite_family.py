@@ -200,8 +200,9 @@ def test_reuse_fakes_skips_the_d_phase_generator_pass(reuse):
     fam.loss(phases["G"], nets, batch, 1)
     other = fake_batch(fam.config)
     calls.clear()
-    fam.G.register_forward_hook(lambda m, args, out: calls.append(out))
+    hook = fam.G.register_forward_hook(lambda m, args, out: calls.append(out))
     fam.loss(phases["D"], nets, other, 1)
+    hook.remove()
     assert len(calls) == 1
 
 

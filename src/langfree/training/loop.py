@@ -225,10 +225,11 @@ class _Loop:
         return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
 
     def _step(self) -> None:
-        scale = self.lr_scale()
-        for name, opt in self.optimizers.items():  # a function of nimg: resume stays exact
-            for group, base in zip(opt.param_groups, self.base_lrs[name]):
-                group["lr"] = base * scale
+        if self.opts.get("lr_rampdown", 0.0) > 0:  # a function of nimg: resume stays exact
+            scale = self.lr_scale()
+            for name, opt in self.optimizers.items():
+                for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                    group["lr"] = base * scale
         micro = [
             prepare_batch(next(self.loader), self.procs.device)
             for _ in range(self.opts["accumulation"])
