@@ -13,7 +13,7 @@ import os
 import tiny_family
 import torch
 
-from langfree.commands.training import run_training
+from langfree.training.loop import train
 from langfree.training.loop import TrainOptions
 
 
@@ -61,7 +61,7 @@ def main() -> None:
         workers=args.workers,
         lr_rampdown=args.lr_rampdown,
     )
-    run_training(
+    train(
         family,
         dataset,
         options,

@@ -29,11 +29,9 @@ def files(tmp_path_factory):
 
 
 def _app():
-    from langfree.commands import train_lafite
+    from langfree.cli import train_app
 
-    app = typer.Typer()
-    train_lafite.register(app)
-    return app
+    return train_app
 
 
 def _sets():
@@ -49,7 +47,7 @@ def test_seed_command_runs_and_writes_a_snapshot(files):
             "--encoder", str(files / "clip"), "--seed", "3", *_sets()]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
-    assert "LAFITE parameters" in result.output
+    assert "lafite parameters" in result.output
     run = next(out.iterdir())
     config = json.loads((run / "config.json").read_text())
     cfg = config["config"]
@@ -96,19 +94,43 @@ def test_dry_run_preset_and_gpus_checks(files):
     assert bad.exit_code == 2 and "nonsense" in bad.output
 
 
-def test_perturb_command_and_learned_conditioning(files):
+def test_perturb_trains_on_the_engine_and_conditions_lafite(files):
     out = files / "perturb"
     result = CliRunner().invoke(_app(), ["lafite-perturb", "--data", str(files / "train.zip"),
-                                         "--encoder", str(files / "clip"), "--out", str(out),
-                                         "--steps", "5", "--batch", "8", "--hidden", "16"])
+                                         "--encoder", str(files / "clip"), "--outdir", str(out),
+                                         "--kimg", "0.04", "--tick", "0.04", "--batch", "8",
+                                         "--hidden", "16"])
     assert result.exit_code == 0, result.output
-    meta = json.loads((out / "perturb.json").read_text())
-    assert meta["hidden"] == 16 and meta["dim"] == 16 and (out / "perturb.safetensors").is_file()
+    (run,) = out.iterdir()
+    snap = sorted((run / "snapshots").iterdir())[-1]
+    cfg = json.loads((snap / "config.json").read_text())["config"]
+    assert cfg["hidden"] == 16 and cfg["dim"] == 16 and (snap / "perturb.safetensors").is_file()
+    assert "main/nce" in (run / "stats.jsonl").read_text()
     dry = CliRunner().invoke(_app(), ["lafite", "--data", str(files / "images.zip"), "--perturb",
-                                      str(out), "--encoder", str(files / "clip"), "--dry-run",
+                                      str(run), "--encoder", str(files / "clip"), "--dry-run",
                                       "--outdir", str(files / "runs4"), *_sets()])
     assert dry.exit_code == 0, dry.output
     assert '"conditioning": "learned"' in dry.output and '"perturb_hidden": 16' in dry.output
     no_caps = CliRunner().invoke(_app(), ["lafite-perturb", "--data", str(files / "images.zip"),
-                                          "--encoder", str(files / "clip"), "--out", str(files / "p2")])
-    assert no_caps.exit_code == 2 and "no captions" in no_caps.output
+                                          "--encoder", str(files / "clip"), "--outdir", str(files / "p2")])
+    assert no_caps.exit_code == 2 and "has none" in no_caps.output
+    assert not (files / "p2").exists()
+
+
+def test_resume_takes_the_recorded_settings_and_refuses_conflicts(files):
+    out = files / "runs5"
+    base = ["lafite", "--data", str(files / "train.zip"), "--encoder", str(files / "clip"),
+            "--kimg", "0.016", "--batch", "8", "--tick", "0.016", "--snap", "1",
+            "--metrics", "none", "--outdir", str(out), "--itc", "3", *_sets()]
+    assert CliRunner().invoke(_app(), base).exit_code == 0
+    (run,) = out.iterdir()
+    before = (run / "config.json").read_text()
+    bad = CliRunner().invoke(_app(), ["lafite", "--resume", "latest", "--outdir", str(out),
+                                      "--kimg", "0.032", "--itc", "4"])
+    assert bad.exit_code == 2 and "clip_contrastive_weight (run: 3.0, now: 4.0)" in bad.output
+    assert (run / "config.json").read_text() == before        # nothing written on refusal
+    ok = CliRunner().invoke(_app(), ["lafite", "--resume", "latest", "--outdir", str(out),
+                                     "--kimg", "0.032", "--tick", "0.016"])
+    assert ok.exit_code == 0, ok.output
+    assert "resumed from" in (run / "log.txt").read_text()
+    assert [p.name for p in sorted((run / "snapshots").iterdir())][-1] == "snapshot-000000.032"

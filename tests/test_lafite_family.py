@@ -15,14 +15,16 @@ from test_lafite_family_helpers import (
     use_stand_ins_if_needed,
 )
 
+from langfree.families.base import Progress
 from langfree.families.lafite import conditioning
 from langfree.families.lafite import loss as losses
 from langfree.families.lafite.config import PRESETS, LafiteConfig, preset
 from langfree.families.lafite.perturb import (
+    PerturbConfig,
+    PerturbFamily,
     PerturbNet,
     load_perturbation,
     save_perturbation,
-    train_perturbation,
 )
 
 
@@ -85,30 +87,57 @@ def test_none_conditioning_is_the_image_feature():
     assert torch.allclose(h, batch["image_emb"], atol=1e-6)
 
 
-def test_learned_perturbation_trains_towards_captions(tmp_path):
-    torch.manual_seed(0)
+class _PairDataset(torch.utils.data.Dataset):
+    """(image feature, caption feature) pairs with a consistent "modality gap", key contract."""
+
+    def __init__(self, n: int, d: int, captioned: bool = True):
+        g = torch.Generator().manual_seed(0)
+        self.image = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+        shift = F.normalize(torch.randn(d, generator=g), dim=0)
+        self.caption = F.normalize(self.image + 1.5 * shift, dim=-1)
+        self.captioned = captioned
+
+    def __len__(self):
+        return len(self.image)
+
+    def __getitem__(self, key):
+        i = key % len(self.image)
+        return {"index": i, "image_emb": self.image[i], "text_emb": self.caption[i],
+                "has_caption": self.captioned}
+
+
+def test_learned_perturbation_trains_on_the_engine_towards_captions(tmp_path):
+    from langfree.checkpoint import list_snapshots
+    from langfree.training.loop import TrainOptions, train
+
     N, D = 256, 16
-    image = F.normalize(torch.randn(N, D), dim=-1)
-    shift = F.normalize(torch.randn(D), dim=0)
-    caption = F.normalize(image + 1.5 * shift, dim=-1)           # a consistent "modality gap"
-    offsets = torch.arange(N + 1)
-    net0 = PerturbNet(D, 32, 3)
-    before = (net0(image) * caption).sum(-1).mean().item()
-    net, meta = train_perturbation(image, caption, offsets, hidden=32, layers=3, steps=300,
-                                   batch=64, lr=3e-3, log=lambda _: None)
-    after = (net(image) * caption).sum(-1).mean().item()
+    data = _PairDataset(N, D)
+    torch.manual_seed(0)
+    fam = PerturbFamily(PerturbConfig(dim=D, hidden=32, layers=3, lr=3e-3))
+    before = (fam.perturb(data.image) * data.caption).sum(-1).mean().item()
+    run = train(fam, data, TrainOptions(outdir=str(tmp_path / "runs"), kimg=19.2, batch=64,
+                                        tick_kimg=6.4, snap=0), {})
+    after = (fam.perturb(data.image) * data.caption).sum(-1).mean().item()
     assert after > before + 0.1
-    save_perturbation(net, meta, tmp_path)
-    again, meta2 = load_perturbation(tmp_path, dim=D)
-    assert meta2["hidden"] == 32
+    snapshot = list_snapshots(run)[-1]
+    again, meta = load_perturbation(run, dim=D)   # a run dir resolves to its latest snapshot
+    assert meta["hidden"] == 32 and (snapshot / "perturb.safetensors").is_file()
     torch.manual_seed(3)
-    a = net(image)
+    a = fam.perturb.eval()(data.image)
     torch.manual_seed(3)
-    assert torch.equal(a, again(image))
+    assert torch.equal(a, again(data.image))
     with pytest.raises(ValueError, match="retrain"):
-        load_perturbation(tmp_path, dim=D + 1)
-    with pytest.raises(ValueError, match="captioned"):
-        train_perturbation(image, caption, torch.zeros(N + 1, dtype=torch.long), steps=1)
+        load_perturbation(run, dim=D + 1)
+    save_perturbation(again, {"dim": D, "hidden": 32, "layers": 3}, tmp_path / "old")
+    assert load_perturbation(tmp_path / "old", dim=D)[1]["hidden"] == 32   # the older layout
+
+
+def test_perturbation_without_captions_learns_nothing():
+    fam = PerturbFamily(PerturbConfig(dim=8, hidden=8, layers=2))
+    batch = {"image_emb": F.normalize(torch.randn(4, 8), dim=-1),
+             "text_emb": torch.zeros(4, 8), "has_caption": torch.zeros(4, dtype=torch.bool)}
+    out = fam.loss(fam.phases()[0], fam.modules(), batch, None)
+    assert out.loss.item() == 0 and out.stats["pairs"] == 0
 
 
 # ------------------------------------------------------------------------- contrastive
@@ -172,9 +201,9 @@ def test_family_feeds_the_bank_once_per_step_and_saves_it():
     assert "cond_bank" in fam.modules()
     batch = fake_batch(fam.config)
     phases = {p.name: p for p in fam.phases()}
-    fam.loss(phases["G"], fam.modules(), batch, 0).loss.backward()
+    fam.loss(phases["G"], fam.modules(), batch, Progress(0, 0, 1)).loss.backward()
     assert int(fam.bank.filled) == 0                # the G phase reads the bank, never writes
-    fam.loss(phases["D"], fam.modules(), batch, 0).loss.backward()
+    fam.loss(phases["D"], fam.modules(), batch, Progress(0, 0, 1)).loss.backward()
     assert int(fam.bank.filled) == len(batch["image"])
 
 
@@ -189,19 +218,19 @@ def test_reuse_fakes_skips_the_d_phase_generator_pass(reuse):
     seen = []
     d_hook = fam.D.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
     batch = fake_batch(fam.config)
-    fam.loss(phases["G"], nets, batch, 0).loss.backward()
-    fam.loss(phases["D"], nets, batch, 0).loss.backward()
+    fam.loss(phases["G"], nets, batch, Progress(0, 0, 1)).loss.backward()
+    fam.loss(phases["D"], nets, batch, Progress(0, 0, 1)).loss.backward()
     hook.remove(), d_hook.remove()
     assert len(calls) == (1 if reuse else 2)
     # D's phase judges the G phase's own fakes exactly when reusing, fresh ones otherwise
     assert torch.equal(seen[1], calls[0]) == reuse
     assert not fam._fakes                                   # nothing kept past the D phase
     # another micro-batch (or step) never picks up this one's fakes
-    fam.loss(phases["G"], nets, batch, 1)
+    fam.loss(phases["G"], nets, batch, Progress(1, 0, 1))
     other = fake_batch(fam.config)
     calls.clear()
     hook = fam.G.register_forward_hook(lambda m, args, out: calls.append(out))
-    fam.loss(phases["D"], nets, other, 1)
+    fam.loss(phases["D"], nets, other, Progress(1, 0, 1))
     hook.remove()
     assert len(calls) == 1
 
@@ -229,7 +258,7 @@ def test_every_phase_runs_and_backprops_into_its_module():
             m.zero_grad(set_to_none=True)
         for name in phase.modules:
             nets[name].requires_grad_(True)
-        out = fam.loss(phase, nets, batch, step=0)
+        out = fam.loss(phase, nets, batch, Progress(0, 0, 1))
         assert out.loss.ndim == 0 and torch.isfinite(out.loss)
         out.loss.backward()
         grads = [p.grad for n in phase.modules for p in nets[n].parameters() if p.grad is not None]
@@ -237,7 +266,7 @@ def test_every_phase_runs_and_backprops_into_its_module():
         other = "D" if phase.modules == ("G",) else "G"
         assert all(p.grad is None for p in nets[other].parameters())
     assert fam.modules()["G_pl"].pl_mean.item() > 0        # path-length mean was updated
-    stats = fam.loss(fam.phases()[0], nets, batch, 0).stats
+    stats = fam.loss(fam.phases()[0], nets, batch, Progress(0, 0, 1)).stats
     assert {"G/adv", "G/itc", "G/itd"} <= set(stats)
 
 
@@ -248,10 +277,10 @@ def test_itc_uses_the_encoder_and_gradients_reach_g_through_clip():
     nets["D"].requires_grad_(False)
     batch = fake_batch(fam.config)
     G_phase = fam.phases()[0]
-    with_itc = fam.loss(G_phase, nets, batch, 0)
+    with_itc = fam.loss(G_phase, nets, batch, Progress(0, 0, 1))
     assert "G/itc" in with_itc.stats and "G/itd" not in with_itc.stats
     fam_no = _family(d_contrastive_weight=0.0, clip_contrastive_weight=0.0)
-    assert "G/itc" not in fam_no.loss(G_phase, fam_no.modules(), batch, 0).stats
+    assert "G/itc" not in fam_no.loss(G_phase, fam_no.modules(), batch, Progress(0, 0, 1)).stats
 
 
 def test_optimizer_uses_lazy_regularisation_ratio():
@@ -293,8 +322,9 @@ def test_sample_is_deterministic_per_seed_and_leaves_global_rng_alone():
     single = fam.sample(cond[1:2], [6])
     assert torch.allclose(single[0], a[1], atol=1e-5)
     assert not torch.allclose(a[0], fam.sample(cond[:1], [99])[0])
-    r1 = fam.sample(cond, [5, 6, 7], noise_mode="random")
-    assert torch.equal(r1, fam.sample(cond, [5, 6, 7], noise_mode="random"))
+    random = fam.SampleOptions(noise_mode="random")
+    r1 = fam.sample(cond, [5, 6, 7], random)
+    assert torch.equal(r1, fam.sample(cond, [5, 6, 7], random))
     with pytest.raises(ValueError, match="len\\(seeds\\)"):
         fam.sample(cond, [1, 2])
 

@@ -133,15 +133,17 @@ def test_non_finite_loss_stops_and_keeps_last_snapshot(tmp_path):
 def test_run_training_turns_errors_into_one_line(tmp_path, capsys):
     import typer
 
-    from langfree.commands.training import run_training
+    from langfree.commands.training import run_request
+    from langfree.data.shapes import write_shapes
+    from langfree.training.run import TrainRequest
 
+    data = write_shapes(tmp_path / "s.zip", 16, 8, seed=0)
+    request = TrainRequest("tiny", data=data, encoder=None, options=_options(tmp_path, batch=8, batch_gpu=3))
     with pytest.raises(typer.Exit) as exit_info:
-        run_training(
-            _family(), tiny_family.TinyDataset(), _options(tmp_path, batch=8, batch_gpu=3), {}
-        )
+        run_request(request)
     assert exit_info.value.exit_code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: --batch-gpu 3 must divide")
+    assert err[-1].startswith("error: family tiny conditions on an encoder: pass --encoder")
 
 
 def test_micro_batches_accumulate_to_the_same_step(tmp_path):
@@ -168,7 +170,10 @@ def test_bf16_and_metrics_at_each_snapshot(tmp_path):
     def metrics(snapshot_dir):
         seen.append(snapshot_dir.name)
         torch.rand(3)  # must not shift training
-        return {"fake_metric": float(len(seen)), "feature_extractor": "none"}
+        from langfree.metrics.records import metric_rows
+
+        return metric_rows({"fake_metric": {"value": float(len(seen)), "extractor": "none"}},
+                           snapshot_dir, None, None, {}, "train")
 
     fam = _family()
     run = train(
@@ -180,7 +185,8 @@ def test_bf16_and_metrics_at_each_snapshot(tmp_path):
     )
     assert seen == ["snapshot-000000.032", "snapshot-000000.064"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["results"]["fake_metric"] for r in records] == [1.0, 2.0]
+    assert [(r["metric"], r["value"], r["source"]) for r in records] == [
+        ("fake_metric", 1.0, "train"), ("fake_metric", 2.0, "train")]
     assert "mixed precision bf16" in (run / "log.txt").read_text()
     assert all(torch.isfinite(p).all() for p in fam.net.parameters())
     assert json.loads((run / "config.json").read_text())["train"]["mixed_precision"] == "bf16"

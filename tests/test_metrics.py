@@ -156,7 +156,7 @@ def test_clip_score_and_r_precision_separate_oracle_from_noise(ref):
     background = replay(ref)
 
     def oracle(conditions, seeds):
-        return write_condition(background(conditions, seeds), conditions)
+        return write_condition(background(conditions, seeds), conditions.embeddings)
 
     names = ["clip_score100", "r_precision100"]
     good = compute_metrics(names, oracle, encoder, ref)
@@ -168,6 +168,19 @@ def test_clip_score_and_r_precision_separate_oracle_from_noise(ref):
     assert good["r_precision100"]["candidates"] == min(100, len({c for i in range(100)
                                                                 for c in ref.captions(i)[:1]}))
     assert good["clip_score100"]["encoder"] == "test:pixel"
+
+
+def test_generators_receive_prompt_text_and_embeddings(ref):
+    seen = []
+
+    def recording(conditions, seeds):
+        seen.append(conditions)
+        return noise_generator(conditions, seeds)
+
+    compute_metrics(["clip_score8"], recording, PixelEncoder(), ref, batch=4)
+    rows = [p for c in seen for p in c.prompts]
+    assert rows == [ref.captions(i)[0] for i in range(8)]
+    assert all(c.embeddings.shape == (4, PixelEncoder().embed_dim) for c in seen)
 
 
 def test_samples_are_deterministic_per_seed(ref):

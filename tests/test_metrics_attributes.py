@@ -67,8 +67,8 @@ def perfect_generator(encoder: PixelEncoder, n: int, seed: int):
     prompts = [p for p, _ in balanced_prompts(n, seed)]
     table = encoder.encode_text(prompts)
 
-    def generate(conditions: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-        rows = (conditions @ table.T).argmax(1).tolist()
+    def generate(conditions, seeds: list[int]) -> torch.Tensor:
+        rows = (conditions.embeddings @ table.T).argmax(1).tolist()
         images = [render(shapes.parse_attributes(prompts[r])) for r in rows]
         return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 

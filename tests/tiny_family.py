@@ -12,15 +12,16 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from langfree.families.base import LossOutput, Phase
+from langfree.families.spec import Flag, TrainSpec
 
-FAMILIES = {"tiny": "tiny_family:TinyDenoiser", "tiny_gan": "tiny_family:TinyGAN"}
+FAMILIES = {"tiny": "tiny_family:TINY_SPEC", "tiny_gan": "tiny_family:TINY_GAN_SPEC"}
 
 
 def register(monkeypatch=None) -> None:
@@ -65,9 +66,18 @@ class TinyConfig:
     nan_at_step: int = -1  # test hook: the loss is NaN from this step on
 
 
+@dataclass(frozen=True)
+class TinySampleOptions:
+    """The tiny family's own sampling option: how much noise the denoiser starts from."""
+
+    noise_scale: float = field(default=1.0, metadata={"min": 0.0, "max": 4.0,
+                                                      "help": "Multiplies the starting noise."})
+
+
 class TinyDenoiser:
     name = "tiny"
     Config = TinyConfig
+    SampleOptions = TinySampleOptions
     needs = frozenset({"image", "image_emb"})
 
     def __init__(self, config: TinyConfig, encoder=None):
@@ -93,24 +103,26 @@ class TinyDenoiser:
     def phases(self):
         return [Phase("main", ("net",), "main")]
 
-    def loss(self, phase, nets, batch, step):
+    def loss(self, phase, nets, batch, progress):
         x = batch["image"].flatten(1)  # [B, 3*R*R] in [-1, 1]
         n = torch.randn_like(x)
         # x-prediction: the clean image from its noisy copy and its embedding (learnable to ~0)
         pred = nets["net"](torch.cat([x + self.config.sigma * n, batch["image_emb"]], 1))
         loss = (pred - x).square().mean()
-        if 0 <= self.config.nan_at_step <= step:
+        if 0 <= self.config.nan_at_step <= progress.step:
             loss = loss * float("nan")
         return LossOutput(loss, {"pred_std": pred.std()})
 
     @torch.no_grad()
-    def sample(self, condition, seeds, **kwargs):
+    def sample(self, conditions, seeds, options=None):
+        options = options or TinySampleOptions()
+        condition = conditions.require_embeddings("tiny") if hasattr(conditions, "prompts") else conditions
         r = self.config.resolution
         noise = torch.stack(
             [torch.randn(3 * r * r, generator=torch.Generator().manual_seed(s)) for s in seeds]
         )  # [B, 3*R*R]
-        x = self.config.sigma * noise
-        x = self.net_ema(torch.cat([x, condition], 1))
+        x = self.config.sigma * options.noise_scale * noise
+        x = self.net_ema(torch.cat([x, condition.float()], 1))
         return x.clamp(-1, 1).reshape(len(seeds), 3, r, r)
 
 
@@ -186,7 +198,7 @@ class TinyGAN:
         r = self.config.resolution
         return nets["G"](torch.cat([z, c], 1)).reshape(len(c), 3, r, r)
 
-    def loss(self, phase, nets, batch, step):
+    def loss(self, phase, nets, batch, progress):
         self._record(phase, nets)
         real, c = batch["image"], batch["image_emb"]
         if phase.name == "G":
@@ -206,8 +218,11 @@ class TinyGAN:
         # lazy regularisation: run every r1_interval steps with the gain scaled to match
         return LossOutput(r1 * (self.config.r1_gamma / 2) * phase.interval, {"r1": r1})
 
+    SampleOptions = TinySampleOptions
+
     @torch.no_grad()
-    def sample(self, condition, seeds, **kwargs):
+    def sample(self, conditions, seeds, options=None):
+        condition = conditions.require_embeddings("tiny_gan") if hasattr(conditions, "prompts") else conditions
         z = torch.stack(
             [
                 torch.randn(self.config.z_dim, generator=torch.Generator().manual_seed(s))
@@ -216,3 +231,23 @@ class TinyGAN:
         )
         r = self.config.resolution
         return self.G_ema(torch.cat([z, condition], 1)).reshape(len(seeds), 3, r, r)
+
+
+def _configure(data, ctx):
+    """Resolution from the archive, condition width from the encoder."""
+    data["resolution"] = ctx.archive.resolution
+    if ctx.encoder is not None:
+        data["cond_dim"] = ctx.encoder.embed_dim
+    return data
+
+
+TINY_SPEC = TrainSpec(
+    name="tiny", family="tiny_family:TinyDenoiser", config="tiny_family:TinyConfig",
+    presets="tiny_family:TINY_PRESETS", help="Test family: a conditional MLP denoiser.",
+    flags=(Flag(("--hidden",), "hidden", int, "MLP width."),
+           Flag(("--sigma",), "sigma", float, "Noise level of the denoising task.")),
+    configure=_configure, encoder="required")
+TINY_GAN_SPEC = TrainSpec(
+    name="tiny_gan", family="tiny_family:TinyGAN", config="tiny_family:TinyGANConfig",
+    help="Test family: a conditional MLP GAN.", configure=_configure, encoder="required")
+TINY_PRESETS = {"wide": TinyConfig(hidden=64)}

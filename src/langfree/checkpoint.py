@@ -29,7 +29,7 @@ from langfree import __version__
 from langfree.io import atomic_write, write_json
 
 FORMAT = "langfree-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: references, assets, export, sample_options; 1 still loads
 _SNAPSHOT_RE = re.compile(r"^snapshot-(\d+(?:\.\d+)?)$")
 
 
@@ -123,29 +123,58 @@ def save_snapshot(
     kimg: float,
     extra: dict | None = None,
     grid: torch.Tensor | None = None,
+    modules: tuple[str, ...] | None = None,
 ) -> Path:
-    """Write ``family``'s modules as an inference snapshot at ``dirpath`` (atomic).
+    """Write ``family``'s inference snapshot at ``dirpath`` (atomic): the modules it declares
+    (``snapshot_modules``, default all but references), its references (spec + digest, not
+    copied), its assets (files under ``assets/``), its native export (``export/``) and the
+    default sampling options.
 
     ``grid``: optional [B, 3, H, W] preview images in [-1, 1], saved as grid.png.
+    ``modules``: save these modules instead of the declared ones (an imported checkpoint keeps
+    its training networks so ``--init-from`` can continue from it; loading reads the declared).
     """
+    from langfree.families.base import optional, snapshot_module_names
+    from langfree.sampling.conditions import options_dict
+
     modules = family.modules()
+    names = tuple(modules) if modules is not None else snapshot_module_names(family)
+    references = optional(family, "references", default={}) or {}
+    assets = optional(family, "assets", default={}) or {}
+    options_cls = getattr(family, "SampleOptions", None)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "family": family.name,
         "kimg": float(kimg),
         "langfree_version": __version__,
-        "modules": sorted(modules),
+        "modules": sorted(names),
+        "references": {k: {"spec": r.spec, "digest": r.digest} for k, r in references.items()},
+        "assets": sorted(assets),
+        "sample_options": options_dict(options_cls()) if options_cls is not None else {},
         "extra": extra or {},
     }
     with atomic_dir(dirpath) as tmp:
-        for name, module in modules.items():
-            save_tensors(tmp / f"{name}.safetensors", module.state_dict())
+        for name in names:
+            save_tensors(tmp / f"{name}.safetensors", modules[name].state_dict())
+        if assets:
+            (tmp / "assets").mkdir()
+            for name, data in assets.items():
+                _check_asset_name(name)
+                (tmp / "assets" / name).write_bytes(data)
+        if hasattr(family, "export"):
+            (tmp / "export").mkdir()
+            family.export(tmp / "export")
         write_json(tmp / "config.json", _config_dict(family))
         if grid is not None:
             save_image_grid(tmp / "grid.png", grid)
         write_json(tmp / "manifest.json", manifest)  # last: its presence marks completeness
     return Path(dirpath)
+
+
+def _check_asset_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ValueError(f"asset name {name!r}: use a plain file name (letters, digits, ._-)")
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -234,14 +263,41 @@ def load_snapshot(
     family = cls(
         from_dict(cls.Config, cfg["config"]), _load_encoder(cfg.get("encoder"), encoder, device)
     )
+    load_weights(path, manifest, family, device)
+    return family
+
+
+def load_weights(path: Path, manifest: dict, family: Any, device: str | torch.device = "cpu") -> None:
+    """Load a snapshot's declared modules, check its references, hand it its assets."""
+    from langfree.families.base import optional, snapshot_module_names
+
     modules = family.modules()
-    missing = sorted(set(manifest["modules"]) ^ set(modules))
+    wanted = snapshot_module_names(family)
+    missing = sorted(set(wanted) - set(manifest["modules"]))
     if missing:
         raise SnapshotError(
-            f"{path}: modules {missing} differ between the snapshot and family "
-            f"{cfg['family']!r}; the snapshot was written by another version"
+            f"{path}: modules {missing} of family {manifest['family']!r} are not in the "
+            f"snapshot (it holds {manifest['modules']}); it was written by another version"
         )
-    for name, module in modules.items():
-        module.load_state_dict(load_tensors(path / f"{name}.safetensors"))
+    for name in wanted:  # a version-1 snapshot may hold more (e.g. LAFITE's D): not needed
+        try:
+            modules[name].load_state_dict(load_tensors(path / f"{name}.safetensors"))
+        except RuntimeError as exc:
+            raise SnapshotError(f"{path}/{name}.safetensors does not fit the recorded config: "
+                                f"{str(exc).splitlines()[0]}") from None
+    for module in modules.values():
         module.to(device)
-    return family
+    recorded = manifest.get("references", {})
+    if recorded:  # frozen parts: the family loads them from their recorded specs
+        optional(family, "load_references", {k: v["spec"] for k, v in recorded.items()})
+    for name, ref in (optional(family, "references", default={}) or {}).items():
+        want = recorded.get(name)
+        if want is not None and want["digest"] != ref.digest:
+            raise SnapshotError(
+                f"{path}: reference {name!r} was {want['spec']} (digest {want['digest']}) when "
+                f"the snapshot was written, but {ref.spec} now has digest {ref.digest}; pass "
+                "the component the model was trained with")
+    names = manifest.get("assets", [])
+    if names:
+        assets = {n: (path / "assets" / n).read_bytes() for n in names}
+        optional(family, "load_assets", assets)

@@ -15,7 +15,7 @@ from langfree.commands import (
     evaluate,
     generate,
     quickstart,
-    train_lafite,
+    training,
 )
 
 app = typer.Typer(
@@ -49,7 +49,7 @@ def main(
 
 data.register(app)
 encoders.register(app, encoder_app)
-train_lafite.register(train_app)
+training.register(train_app)
 evaluate.register(app)
 generate.register(app)
 convert.register(convert_app)

@@ -4,8 +4,8 @@
     split (no captions anywhere in its archive) -> attribute evaluator -> report.json + grid.png
 
 Each stage reuses its output when it is already there (a rerun after an interruption picks up
-where it stopped); the LAFITE stage goes through the same ``langfree train lafite`` command a
-user runs, so the quickstart exercises the real code path.
+where it stopped); the LAFITE stage makes the same ``langfree.training.run.train`` call that
+``langfree train lafite`` makes, so the quickstart exercises the real code path.
 """
 
 from __future__ import annotations
@@ -150,41 +150,41 @@ def _start_evaluator(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan):
 
 def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan,
                   image_noise: float) -> Path:
-    """Language-free LAFITE through the user's command; returns the final snapshot."""
+    """Language-free LAFITE through the same call ``langfree train lafite`` makes; returns the
+    final snapshot."""
     from langfree.checkpoint import list_snapshots
-    from langfree.cli import app
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest, train
 
     runs = sorted(p for p in outdir.glob("*") if p.is_dir()) if outdir.exists() else []
     for run in reversed(runs):
         done = run / "done.json"
         if done.exists():
             return Path(json.loads(done.read_text())["snapshot"])
-    argv = ["train", "lafite", "--data", str(data), "--test-data", str(test),
-            "--encoder", str(encoder_dir), "--preset", f"shapes{plan.resolution}",
-            "--mixing_prob", "1.0", "--kimg", str(plan.gan_kimg), "--batch", str(plan.gan_batch),
-            "--tick", str(plan.tick_kimg), "--snap", "1000", "--metrics", "none",
-            "--seed", str(plan.seed), "--outdir", str(outdir),
-            "--set", f"image_noise={image_noise}"]
-    app(argv, standalone_mode=False)
-    runs = sorted(p for p in outdir.glob("*") if p.is_dir())
-    snapshot = list_snapshots(runs[-1])[-1]
-    write_json(runs[-1] / "done.json", {"snapshot": str(snapshot)})
+    request = TrainRequest(
+        "lafite", data=data, test_data=test, encoder=str(encoder_dir),
+        preset=f"shapes{plan.resolution}", family_options={"mixing_prob": 1.0},
+        overrides=[f"image_noise={image_noise}"], metrics="none",
+        options=TrainOptions(outdir=str(outdir), kimg=plan.gan_kimg, batch=plan.gan_batch,
+                             tick_kimg=plan.tick_kimg, snap=1000, seed=plan.seed))
+    run_dir = train(request)
+    snapshot = list_snapshots(run_dir)[-1]
+    write_json(run_dir / "done.json", {"snapshot": str(snapshot)})
     return snapshot
 
 
-def _grid(family, encoder, outdir: Path, plan: QuickstartPlan) -> Path:
+def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan) -> Path:
     from langfree.data.shapes import prompt_grid
-    from langfree.sampling.generate import (
-        build_conditions,
-        generate_grid,
-        write_outputs,
-    )
+    from langfree.sampling.conditions import build_conditions
+    from langfree.sampling.generate import generate_grid, write_outputs
 
     prompts = [p for p, _ in prompt_grid(plan.grid_prompts)]
     seeds = list(range(plan.grid_seeds))
-    conditions = build_conditions(encoder, prompts, [])
-    images = generate_grid(family, conditions, seeds)
-    write_outputs(images, conditions, seeds, outdir / "samples")
+    conditions = build_conditions(encoder, prompts)
+    options = family.SampleOptions()
+    images = generate_grid(family, conditions, seeds, options)
+    write_outputs(images, conditions, seeds, outdir / "samples", family=family.name,
+                  snapshot=str(snapshot), options=options)
     os.replace(outdir / "samples" / "grid.png", outdir / "grid.png")
     return outdir / "grid.png"
 
@@ -197,6 +197,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     from langfree.checkpoint import load_snapshot
     from langfree.encoders import load_encoder
     from langfree.metrics import compute_metrics
+    from langfree.sampling.conditions import options_dict
     from langfree.metrics.attributes import (
         load_attribute_evaluator,
     )
@@ -247,11 +248,18 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     names = {"attributes": f"attribute_accuracy{plan.attribute_samples}",
              "r_precision": f"r_precision{plan.r_precision_samples}",
              "fid": f"fid{plan.fid_samples}_full"}
-    results = compute_metrics(list(names.values()), family.sample, encoder, eval_zip,
+    options = family.SampleOptions()
+
+    def generate(conditions, seeds):
+        return family.sample(conditions, seeds, options)
+
+    results = compute_metrics(list(names.values()), generate, encoder, eval_zip,
                               evaluator=evaluator, seed=plan.seed)
+    for result in results.values():
+        result["sample_options"] = options_dict(options)
 
     stages.start("6/6 drawing grid.png from prompts")
-    grid = _grid(family, encoder, out, plan)
+    grid = _grid(family, encoder, snapshot, out, plan)
 
     manifest = json.loads((snapshot / "manifest.json").read_text())
     acc = results[names["attributes"]]

@@ -31,6 +31,11 @@ def evaluate(
                                                    "once).")] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per generation / feature batch.")] = 32,
     no_write: Annotated[bool, typer.Option("--no-write", help="Print only; do not append to metrics.jsonl.")] = False,
+    sample: Annotated[list[str] | None, typer.Option("--sample", help="Sampling option of the family: "
+                                                     "--sample key=value (repeatable); recorded in each result.")] = None,
+    snapshots: Annotated[str | None, typer.Option("--snapshots", help="FIRST:LAST kimg (inclusive, either may "
+                                                  "be empty): evaluate every snapshot of the run dir in the "
+                                                  "range and print a table with the best.")] = None,
 ) -> None:
     """Compute metrics; prints JSON and appends one line per metric to the run's metrics.jsonl."""
     from langfree.checkpoint import SnapshotError
@@ -39,17 +44,50 @@ def evaluate(
     from langfree.metrics.extractors import ExtractorUnavailable
     from langfree.metrics.snapshot import evaluate_snapshot
 
+    from langfree.metrics.snapshot import snapshots_in_range
+
     try:
-        report = evaluate_snapshot(snapshot, metrics, data, encoder=encoder or "auto",
-                                   inception=str(inception) if inception else None,
-                                   evaluator=str(evaluator) if evaluator else None, num=num,
-                                   seed=seed, batch=batch, write=not no_write,
-                                   log=lambda m: typer.echo(m, err=True))
+        paths = snapshots_in_range(snapshot, snapshots) if snapshots else [snapshot]
+        reports = []
+        for path in paths:
+            report = evaluate_snapshot(path, metrics, data, encoder=encoder or "auto",
+                                       inception=str(inception) if inception else None,
+                                       evaluator=str(evaluator) if evaluator else None, num=num,
+                                       seed=seed, batch=batch, write=not no_write,
+                                       sample=list(sample or []),
+                                       log=lambda m: typer.echo(m, err=True))
+            report.pop("rows")
+            reports.append(report)
     except (SnapshotError, ArchiveError, EncoderUnavailable, ExtractorUnavailable,
             FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    json.dump(report, sys.stdout, indent=1)
+    if snapshots:
+        _table(reports)
+        json.dump({"snapshots": reports}, sys.stdout, indent=1)
+    else:
+        json.dump(reports[0], sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def _table(reports: list[dict]) -> None:
+    """kimg x metric values on stderr, then the best snapshot per metric."""
+    from langfree.metrics.records import metric_rows
+    from langfree.metrics.snapshot import best_row
+
+    names = list(reports[0]["results"])
+    typer.echo("  ".join([f"{'kimg':>10}"] + [f"{n:>16}" for n in names]), err=True)
+    rows = []
+    for rep in reports:
+        rows += metric_rows(rep["results"], rep["snapshot"], rep["kimg"], rep["data"],
+                            rep["sample_options"], "eval")
+        values = [rep["results"][n].get("value") for n in names]
+        typer.echo("  ".join([f"{rep['kimg']:>10.3f}"] + [f"{v:>16.4g}" if isinstance(v, (int, float))
+                                                          else f"{'n/a':>16}" for v in values]), err=True)
+    for name in names:
+        best = best_row(rows, name)
+        if best is not None:
+            typer.echo(f"best {name}: {best['value']:.4g} at kimg {best['kimg']:g} ({best['snapshot_path']})",
+                       err=True)
 
 
 def register(app: typer.Typer) -> None:

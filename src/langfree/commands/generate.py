@@ -1,4 +1,5 @@
-"""``langfree generate SNAPSHOT --prompt TEXT ... --seeds 0-15 --outdir OUT``."""
+"""``langfree generate SNAPSHOT --prompt TEXT ... --seeds 0-15 [--sample key=value] --outdir OUT``
+and ``langfree generate --from-png IMAGE.png`` (the same image again, from its parameters)."""
 
 from __future__ import annotations
 
@@ -13,37 +14,57 @@ def _fail(message: str) -> None:
 
 
 def generate(
-    snapshot: Path = typer.Argument(..., help="Snapshot directory, or a run directory (its latest snapshot)."),
+    snapshot: Path | None = typer.Argument(None, help="Snapshot directory, or a run directory (its latest snapshot). Optional with --from-png."),
     prompt: list[str] = typer.Option([], "--prompt", help="Text prompt (repeatable); one grid row each."),
     image: list[Path] = typer.Option([], "--image", help="Reference image for image variation (its CLIP image feature is the condition; repeatable)."),
+    negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt, for families whose guidance uses one."),
     seeds: str = typer.Option("0-7", "--seeds", help="Seeds: 0-15 or 1,4,7-9; one grid column each."),
-    truncation: float = typer.Option(1.0, "--truncation", help="Truncation ψ (1 = none)."),
-    noise_mode: str = typer.Option("const", "--noise-mode", help="const | random (seeded) | none."),
+    sample: list[str] = typer.Option([], "--sample", help="Sampling option of the family: --sample key=value (repeatable; e.g. truncation_psi=0.7, steps=40)."),
+    from_png: Path | None = typer.Option(None, "--from-png", help="A PNG langfree wrote: regenerate it from its 'parameters' chunk (prompt, seed, snapshot, options); --sample / --seeds / SNAPSHOT override."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder spec overriding the one recorded in the snapshot."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Where PNGs and grid.png go."),
 ) -> None:
     """One PNG per prompt and seed plus grid.png (rows = prompts, columns = seeds)."""
-    from langfree.checkpoint import SnapshotError, load_snapshot
+    from langfree.checkpoint import SnapshotError, load_snapshot, resolve_snapshot
+    from langfree.config import ConfigError
     from langfree.encoders.clip import EncoderUnavailable
+    from langfree.sampling.conditions import build_conditions, parse_sample_options
     from langfree.sampling.generate import (
-        build_conditions,
         generate_grid,
         parse_seeds,
+        read_parameters,
         write_outputs,
     )
 
-    if noise_mode not in ("const", "random", "none"):
-        _fail(f"--noise-mode {noise_mode!r}: use const, random or none")
     try:
+        options_in: list[str] | dict = list(sample)
+        if from_png is not None:
+            params = read_parameters(from_png)
+            snapshot = snapshot or Path(params.snapshot)
+            prompt = prompt or ([params.prompt] if params.prompt is not None else [])
+            negative_prompt = negative_prompt or params.negative_prompt
+            if seeds == "0-7":  # the default: take the PNG's seed
+                seeds = str(params.seed)
+            options_in = [f"{k}={_json(v)}" for k, v in params.options.items()] + list(sample)
+        if snapshot is None:
+            _fail("pass a SNAPSHOT (or --from-png FILE)")
         seed_list = parse_seeds(seeds)
-        family = load_snapshot(snapshot, encoder=encoder or "auto")
-        conditions = build_conditions(family.encoder, prompt, image)
-        images = generate_grid(family, conditions, seed_list, truncation_psi=truncation,
-                               noise_mode=noise_mode)
-        written = write_outputs(images, conditions, seed_list, outdir)
-    except (SnapshotError, EncoderUnavailable, ValueError, FileNotFoundError) as exc:
+        path = resolve_snapshot(snapshot)
+        family = load_snapshot(path, encoder=encoder or "auto")
+        options = parse_sample_options(family, options_in)
+        conditions = build_conditions(family.encoder, prompt, image, negative_prompt)
+        images = generate_grid(family, conditions, seed_list, options)
+        written = write_outputs(images, conditions, seed_list, outdir, family=family.name,
+                                snapshot=str(path), options=options)
+    except (SnapshotError, EncoderUnavailable, ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {len(written) - 1} images and {outdir / 'grid.png'}")
+
+
+def _json(value) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,20 +21,16 @@ Interrupting ``encode_archive`` loses at most one chunk: finished chunks are kep
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from langfree.io import write_bytes
+from langfree.data import sidecar
+from langfree.data.sidecar import archive_digest  # noqa: F401 (re-exported)
 
-FORMAT = "langfree-features"
-VERSION = 1
-CHUNK_IMAGES = 4096  # images per resumable chunk: ~2 MB of embeddings at D = 128
+CHUNK_IMAGES = sidecar.CHUNK_IMAGES
 
 
 def encoder_fingerprint(encoder) -> str:
@@ -46,19 +42,8 @@ def encoder_fingerprint(encoder) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def archive_digest(archive_path: str | os.PathLike) -> str:
-    """Content digest of a zip from its central directory (names, sizes, CRC-32s): cheap, and it
-    changes when any image or dataset.json changes."""
-    h = hashlib.sha256()
-    with zipfile.ZipFile(archive_path) as z:
-        for info in sorted(z.infolist(), key=lambda i: i.filename):
-            h.update(f"{info.filename}:{info.file_size}:{info.CRC};".encode())
-    return h.hexdigest()[:16]
-
-
 def sidecar_path(archive_path: str | os.PathLike, encoder) -> Path:
-    archive_path = Path(archive_path)
-    return archive_path.with_name(f"{archive_path.stem}.features-{encoder_fingerprint(encoder)}.safetensors")
+    return sidecar.sidecar_path(archive_path, "features", encoder_fingerprint(encoder))
 
 
 @dataclass
@@ -92,18 +77,6 @@ def _resolve_encoder(encoder):
     return encoder
 
 
-def _valid(path: Path, fingerprint: str, digest: str) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (OSError, SafetensorError):  # unreadable or truncated: recompute
-        return False
-    return (meta.get("format") == FORMAT and meta.get("version") == str(VERSION)
-            and meta.get("fingerprint") == fingerprint and meta.get("archive_digest") == digest)
-
-
 @torch.no_grad()
 def _encode_chunk(archive, encoder, start: int, stop: int, batch_size: int, bar) -> dict:
     image_emb, texts = [], []
@@ -130,70 +103,29 @@ def encode_archive(archive_path: str | os.PathLike, encoder, batch_size: int = 2
 
     encoder = _resolve_encoder(encoder)
     archive = ImageArchive(archive_path)
-    fingerprint, digest = encoder_fingerprint(encoder), archive_digest(archive.path)
-    dest = sidecar_path(archive.path, encoder)
-    if dest.is_file() and _valid(dest, fingerprint, digest):
-        return dest
-    if batch_size < 1 or chunk_images < 1:
-        raise ValueError(f"batch_size and chunk_images must be >= 1 (got {batch_size}, {chunk_images})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
 
-    partial = dest.with_name(dest.name + ".partial")
-    stamp = {"fingerprint": fingerprint, "archive_digest": digest}
-    if partial.is_dir() and _read_json(partial / "stamp.json") != stamp:
-        shutil.rmtree(partial)  # chunks of another version of the archive: start over
-    partial.mkdir(exist_ok=True)
-    write_bytes(partial / "stamp.json", json.dumps(stamp).encode())
-    chunks = _encode_in_chunks(archive, encoder, partial, batch_size, chunk_images, progress)
+    def chunk(arch, start, stop, bar):
+        return _encode_chunk(arch, encoder, start, stop, batch_size, bar)
 
-    counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(len(archive))], dtype=torch.int64)
-    tensors = {"image_emb": torch.cat([c["image_emb"] for c in chunks]),  # [N, D]
-               "caption_emb": torch.cat([c["caption_emb"] for c in chunks]),  # [M, D]
-               "caption_offsets": torch.cumsum(counts, 0)}  # [N + 1]
-    meta = {"format": FORMAT, "version": str(VERSION), "fingerprint": fingerprint,
-            "archive_digest": digest, "spec": encoder.spec, "count": str(len(archive))}
-    _save_atomic(tensors, dest, metadata=meta)
-    shutil.rmtree(partial, ignore_errors=True)
-    return dest
+    def finish(tensors):
+        counts = torch.tensor([0] + [len(archive.captions(i)) for i in range(len(archive))],
+                              dtype=torch.int64)
+        return {**tensors, "caption_offsets": torch.cumsum(counts, 0)}  # [N + 1]
 
-
-def _encode_in_chunks(archive, encoder, partial: Path, batch_size: int, chunk_images: int,
-                      progress: bool | None) -> list[dict]:
-    """Every chunk's embeddings, reusing the ones a previous (interrupted) run saved in ``partial``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from tqdm.auto import tqdm
-
-    n, chunks = len(archive), []
-    with tqdm(total=n, desc=f"encode {archive.path.name}", unit="img",
-              disable=None if progress is None else not progress) as bar:
-        for start in range(0, n, chunk_images):
-            stop = min(start + chunk_images, n)
-            chunk_file = partial / f"images-{start:09d}-{stop:09d}.safetensors"
-            if chunk_file.is_file():
-                try:
-                    chunks.append(load_file(str(chunk_file)))
-                    bar.update(stop - start)
-                    continue
-                except (OSError, SafetensorError):  # a damaged chunk is recomputed
-                    chunk_file.unlink()
-            chunk = _encode_chunk(archive, encoder, start, stop, batch_size, bar)
-            partial.mkdir(exist_ok=True)  # another process finishing first may have removed it
-            _save_atomic(chunk, chunk_file)
-            chunks.append(chunk)
-    return chunks
+    return sidecar.build(archive, "features", encoder_fingerprint(encoder), chunk,
+                         chunk_images=chunk_images, progress=progress, finish=finish,
+                         meta={"spec": encoder.spec})
 
 
 def load_features(archive_path: str | os.PathLike, encoder, batch_size: int = 256,
                   progress: bool | None = None) -> Features:
     """The archive's embeddings under ``encoder`` (a TextImageEncoder or spec), computed first
     if the sidecar is absent or stale."""
-    from safetensors import safe_open
-
     encoder = _resolve_encoder(encoder)
     path = encode_archive(archive_path, encoder, batch_size=batch_size, progress=progress)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    t, meta = sidecar.load(path)
     return Features(image_emb=t["image_emb"], caption_emb=t["caption_emb"],
                     caption_offsets=t["caption_offsets"], fingerprint=meta["fingerprint"],
                     spec=meta["spec"], path=path)
@@ -241,18 +173,3 @@ class ConditionedDataset(torch.utils.data.Dataset):
             text_emb = self._zeros
         return {"image": item["image"], "index": index, "image_emb": self.features.image_emb[index],
                 "text_emb": text_emb, "has_caption": stop > first}
-
-
-# -- files -------------------------------------------------------------------------------------
-
-def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    from safetensors.torch import save
-
-    write_bytes(path, save(tensors, metadata=metadata))
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -246,16 +246,14 @@ def attribute_accuracy(generate: Generate, encoder: TextImageEncoder, evaluator:
     prompts = balanced_prompts(n, seed, evaluator.attributes)
     texts = [p for p, _ in prompts]
     labels = {k: torch.tensor([v.index(a[k]) for _, a in prompts]) for k, v in evaluator.attributes.items()}
-    unique = sorted(set(texts))
-    with torch.no_grad():
-        table = torch.cat([encoder.encode_text(unique[i:i + 256]) for i in range(0, len(unique), 256)])
-    row = {t: i for i, t in enumerate(unique)}
-    conditions = table[[row[t] for t in texts]]  # (n, D), already L2-normalised
+    from langfree.sampling.conditions import Conditions, encode_texts
+
+    conditions = Conditions(prompts=list(texts), embeddings=encode_texts(encoder, texts))  # (n, D)
     images = []
     for i in range(0, n, batch):
         seeds = [seed + j for j in range(i, min(i + batch, n))]
         with torch.no_grad():
-            images.append(to_uint8(generate(conditions[i:i + len(seeds)], seeds)))
+            images.append(to_uint8(generate(conditions.select(range(i, i + len(seeds))), seeds)))
     result = evaluator.accuracy(torch.cat(images), labels)
     chance = {k: 1.0 / len(v) for k, v in evaluator.attributes.items()}
     overall_chance = 1.0

@@ -36,7 +36,8 @@ from langfree.metrics.distribution import (
 )
 from langfree.metrics.extractors import FeatureExtractor, resolve_extractor
 
-Generate = Callable[[torch.Tensor, list[int]], torch.Tensor]
+# (Conditions rows, seeds) -> [B, 3, H, W] in [-1, 1] (langfree.sampling.conditions.Conditions)
+Generate = Callable[[Any, list[int]], torch.Tensor]
 
 _NUM = r"(?:(\d+)(k?))"
 PATTERNS: dict[str, re.Pattern] = {
@@ -80,7 +81,8 @@ def unavailable(reason: str, **extra: Any) -> dict:
 class EvalContext:
     """Everything one evaluation shares: conditions, generated-image features, reference stats.
 
-    generate:  (conditions [B, D] L2-normalised, seeds list[int]) -> [B, 3, H, W] in [-1, 1]
+    generate:  (Conditions rows: prompts + L2-normalised embeddings, seeds list[int])
+               -> [B, 3, H, W] in [-1, 1]
     reference: ``ImageArchive`` (or None for attribute_accuracy alone)
     encoder:   TextImageEncoder for text conditions, CLIP score, R-precision (and the FID
                extractor when no Inception weights are given)
@@ -129,39 +131,48 @@ class EvalContext:
             raise ValueError(f"{what} needs an encoder (--encoder SPEC, or a snapshot that records one)")
         return self.encoder
 
-    def conditions(self, n: int) -> tuple[torch.Tensor, list[str] | None, str]:
-        """Conditions [n, D] for samples 0..n-1, their prompts (None without captions), source."""
-        if self._cond is None or len(self._cond[0]) < n:
+    def conditions(self, n: int) -> tuple[torch.Tensor | None, list[str] | None, str]:
+        """Conditions [n, D] for samples 0..n-1 (None without an encoder), their prompts (None
+        without captions), source."""
+        if self._cond is None or len(self._cond[1] or self._cond[0]) < n:
             ref = self._need_reference("conditions for generation")
-            encoder = self._encoder_or_fail("conditioning on reference captions")
             idx = [i % len(ref) for i in range(n)]
             with torch.no_grad():
                 if ref.has_captions:
+                    from langfree.sampling.conditions import encode_texts
+
                     caps = [ref.captions(j) for j in idx]
                     prompts = [c[(i // len(ref)) % len(c)] for i, c in enumerate(caps)]
-                    unique = sorted(set(prompts))
-                    table = torch.cat([encoder.encode_text(unique[i:i + 256]).float().cpu()
-                                       for i in range(0, len(unique), 256)])
-                    row = {t: r for r, t in enumerate(unique)}
-                    cond = table[[row[p] for p in prompts]]
+                    cond = encode_texts(self.encoder, prompts) if self.encoder is not None else None
                     self._cond = (cond, prompts, "captions")
                 else:
+                    encoder = self._encoder_or_fail("conditioning on reference images (the "
+                                                    "archive has no captions)")
                     embs = [encoder.encode_image(ref.images(idx[i:i + self.batch]).float() / 127.5 - 1).float().cpu()
                             for i in range(0, n, self.batch)]
                     self._cond = (torch.cat(embs), None, "image_embeddings")
         cond, prompts, source = self._cond
-        return cond[:n], (prompts[:n] if prompts is not None else None), source
+        return (cond[:n] if cond is not None else None,
+                (prompts[:n] if prompts is not None else None), source)
+
+    def condition_rows(self, start: int, stop: int):
+        """Conditions rows start..stop-1 (what ``generate`` receives)."""
+        from langfree.sampling.conditions import Conditions
+
+        cond, prompts, _ = self.conditions(stop)
+        rows = prompts[start:stop] if prompts is not None else [None] * (stop - start)
+        emb = cond[start:stop].to(self.device) if cond is not None else None
+        return Conditions(prompts=list(rows), embeddings=emb)
 
     # -- generated samples ---------------------------------------------------------------------
     def generated(self, n: int) -> dict[str, torch.Tensor]:
         """Outputs (extractor features/logits, encoder image embeddings) of samples 0..n-1,
         generating only the ones not seen yet. Sample i: seed ``self.seed + i``."""
         if self._gen_count < n:
-            cond, _, _ = self.conditions(n)
             for i in range(self._gen_count, n, self.batch):
                 seeds = [self.seed + j for j in range(i, min(i + self.batch, n))]
                 with torch.no_grad():
-                    images = to_uint8(self.generate(cond[i:i + len(seeds)].to(self.device), seeds))
+                    images = to_uint8(self.generate(self.condition_rows(i, i + len(seeds)), seeds))
                     if "features" in self.want:
                         for k, v in self.extractor(images).items():
                             self._gen.setdefault(k, []).append(v)

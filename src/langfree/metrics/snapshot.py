@@ -65,12 +65,17 @@ def evaluate_snapshot(snapshot: str | os.PathLike, names: list[str] | str, data:
                       *, encoder: Any = "auto", inception: str | None = None,
                       evaluator: AttributeEvaluator | str | None = None, num: int | None = None,
                       seed: int = 0, batch: int = 32, device: str = "cpu", write: bool = True,
+                      sample: list[str] | dict | None = None, source: str = "eval",
                       log=None) -> dict:
-    """Run ``names`` on the snapshot (or a run dir's latest); returns
-    ``{"snapshot", "family", "kimg", "data", "results": {name: result}}`` and, when ``write``,
-    appends one line per metric to ``metrics_log_path(snapshot)``."""
+    """Run ``names`` on the snapshot (or a run dir's latest) with the sampling options
+    ``sample`` (``key=value`` strings or a dict; None = the family's defaults); returns
+    ``{"snapshot", "family", "kimg", "data", "sample_options", "results": {name: result},
+    "rows": [...]}`` where rows follow the one metrics.jsonl schema (metrics/records.py) and,
+    when ``write``, are appended to ``metrics_log_path(snapshot)``."""
     from langfree.checkpoint import load_snapshot, read_manifest, resolve_snapshot
     from langfree.data.archive import ImageArchive
+    from langfree.metrics.records import metric_rows
+    from langfree.sampling.conditions import options_dict, parse_sample_options
 
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -78,22 +83,56 @@ def evaluate_snapshot(snapshot: str | os.PathLike, names: list[str] | str, data:
     path = resolve_snapshot(snapshot)
     manifest = read_manifest(path)
     family = load_snapshot(path, encoder=encoder, device=device)
+    options = parse_sample_options(family, sample)
     reference = ImageArchive(data)
     if any(s.kind == "attribute_accuracy" for s in specs) and not isinstance(evaluator, AttributeEvaluator):
         evaluator = ensure_evaluator(evaluator, data, log)
 
     def generate(conditions, seeds):
-        return family.sample(conditions, seeds)
+        return family.sample(conditions, seeds, options)
 
     results = compute_metrics(names, generate, family.encoder, reference, inception=inception,
                               evaluator=evaluator if isinstance(evaluator, AttributeEvaluator) else None,
                               num=num, seed=seed, batch=batch, device=device)
+    opts = options_dict(options)
+    for result in results.values():
+        result["sample_options"] = opts
+    data_path = str(Path(data).resolve())
+    rows = metric_rows(results, path, manifest.get("kimg"), data_path, opts, source)
     report = {"snapshot": str(path), "family": manifest.get("family"), "kimg": manifest.get("kimg"),
-              "data": str(Path(data).resolve()), "results": results}
+              "data": data_path, "sample_options": opts, "results": results, "rows": rows}
     if write:
-        stamp = time.time()
-        append_jsonl(metrics_log_path(path), [
-            {"metric": name, "snapshot": str(path), "kimg": manifest.get("kimg"),
-             "data": report["data"], "timestamp": stamp, **result}
-            for name, result in results.items()])
+        append_jsonl(metrics_log_path(path), rows)
     return report
+
+
+def snapshots_in_range(run_dir: str | os.PathLike, bounds: str) -> list[Path]:
+    """``FIRST:LAST`` kimg bounds (inclusive; either may be empty) -> the run's snapshots."""
+    from langfree.checkpoint import SnapshotError, list_snapshots, read_manifest
+
+    if ":" not in bounds:
+        raise ValueError(f"--snapshots {bounds!r}: expected FIRST:LAST in kimg, e.g. 100:400, "
+                         ":400 or 100:")
+    lo_text, hi_text = bounds.split(":", 1)
+    try:
+        lo = float(lo_text) if lo_text.strip() else float("-inf")
+        hi = float(hi_text) if hi_text.strip() else float("inf")
+    except ValueError:
+        raise ValueError(f"--snapshots {bounds!r}: FIRST and LAST are kimg numbers") from None
+    snaps = [p for p in list_snapshots(run_dir) if lo <= float(read_manifest(p)["kimg"]) <= hi]
+    if not snaps:
+        raise SnapshotError(f"no snapshot of {run_dir} lies in kimg [{lo_text or '-inf'}, "
+                            f"{hi_text or 'inf'}]; pass a run directory and a range that holds some")
+    return snaps
+
+
+LOWER_IS_BETTER = ("fid", "kid")
+
+
+def best_row(rows: list[dict], metric: str) -> dict | None:
+    """The best row of ``metric`` (lowest FID/KID, highest otherwise)."""
+    scored = [r for r in rows if r["metric"] == metric and isinstance(r["value"], (int, float))]
+    if not scored:
+        return None
+    lower = parse_metric(metric).kind in LOWER_IS_BETTER
+    return (min if lower else max)(scored, key=lambda r: r["value"])

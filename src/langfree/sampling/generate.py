@@ -1,22 +1,28 @@
-"""Prompts (or reference images) + seeds -> images, for any family with ``sample``.
+"""Conditions + seeds -> images for any family, and the files ``langfree generate`` writes.
 
-Each condition is a CLIP-space embedding from the snapshot's encoder: ``encode_text(prompt)``
-for a prompt, ``encode_image(reference)`` for image variation (LAFITE trains on image features,
-so a reference image's feature is a valid condition). Image (row r, column s) depends only on
-condition r and seed s.
+Image (row r, column s) depends only on condition row r, seed s and the sampling options. Every
+PNG carries a ``parameters`` text chunk (the A1111 convention): the prompt, an optional
+``Negative prompt:`` line, then ``Seed: N, Family: F, Snapshot: PATH, Options: {json}``, which
+``read_parameters`` (and ``langfree generate --from-png``) turns back into the same settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from langfree.io import atomic_write, write_json
+from langfree.sampling.conditions import Conditions, options_dict
+
+PARAMETERS_KEY = "parameters"
+_LAST_LINE = re.compile(r"^Seed: (-?\d+), Family: (\S+), Snapshot: (.*), Options: (\{.*\})$")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -34,78 +40,113 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def load_reference(path: str | os.PathLike) -> torch.Tensor:
-    """An image file -> [1, 3, H, W] float in [-1, 1] (RGB)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            pixels = np.array(img.convert("RGB"))
-    except (FileNotFoundError, OSError) as exc:
-        raise ValueError(f"--image {path}: cannot read it as an image ({exc})") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-@dataclass
-class Conditions:
-    embeddings: torch.Tensor      # [R, D] unit
-    labels: list[str]             # one per row
-
-
-def build_conditions(encoder, prompts: list[str], images: list[str | os.PathLike]) -> Conditions:
-    if encoder is None:
-        raise ValueError("this snapshot records no encoder; pass --encoder SPEC to turn prompts "
-                         "into conditions")
-    if not prompts and not images:
-        raise ValueError("nothing to condition on: pass --prompt TEXT and/or --image REF.png")
-    rows, labels = [], []
-    with torch.no_grad():
-        if prompts:
-            rows.append(encoder.encode_text(list(prompts)).float().cpu())
-            labels.extend(prompts)
-        for path in images:
-            rows.append(encoder.encode_image(load_reference(path)).float().cpu())
-            labels.append(f"image:{Path(path).name}")
-    emb = torch.nn.functional.normalize(torch.cat(rows), dim=-1)
-    return Conditions(emb, labels)
-
-
-def generate_grid(family, conditions: Conditions, seeds: list[int], **sample_kwargs) -> torch.Tensor:
+def generate_grid(family: Any, conditions: Conditions, seeds: list[int], options: Any = None,
+                  batch: int = 64) -> torch.Tensor:
     """[R, S, 3, H, W] in [-1, 1]: row r = condition r, column s = seed s."""
-    R, S = len(conditions.labels), len(seeds)
-    cond = conditions.embeddings.repeat_interleave(S, dim=0)               # [R·S, D]
-    images = family.sample(cond, list(seeds) * R, **sample_kwargs)        # [R·S, 3, H, W]
+    R, S = len(conditions), len(seeds)
+    rows = conditions.repeat_each(S)                                    # R·S rows
+    all_seeds = list(seeds) * R
+    out = [family.sample(rows.select(range(i, min(i + batch, R * S))), all_seeds[i:i + batch],
+                         options) for i in range(0, R * S, batch)]
+    images = torch.cat(out)                                             # [R·S, 3, H, W]
     return images.view(R, S, *images.shape[1:])
 
 
-def _to_uint8(img: torch.Tensor) -> np.ndarray:
+def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[3, H, W] in [-1, 1] -> [H, W, 3] uint8."""
     return ((img.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+# ---------------------------------------------------------------------- PNG parameters
+@dataclass(frozen=True)
+class Parameters:
+    """What one generated image was made from (the PNG ``parameters`` chunk)."""
+
+    prompt: str | None
+    seed: int
+    family: str
+    snapshot: str
+    options: dict[str, Any]
+    negative_prompt: str | None = None
+
+    def text(self) -> str:
+        lines = [_one_line(self.prompt) if self.prompt is not None else ""]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {_one_line(self.negative_prompt)}")
+        lines.append(f"Seed: {self.seed}, Family: {self.family}, Snapshot: {self.snapshot}, "
+                     f"Options: {json.dumps(self.options, sort_keys=True)}")
+        return "\n".join(lines)
+
+    @classmethod
+    def parse(cls, text: str) -> Parameters:
+        lines = text.splitlines()
+        m = _LAST_LINE.match(lines[-1]) if lines else None
+        if m is None:
+            raise ValueError("the PNG's parameters chunk was not written by langfree (its last "
+                             "line must read 'Seed: N, Family: F, Snapshot: PATH, Options: {...}')")
+        negative = None
+        body = lines[:-1]
+        if body and body[-1].startswith("Negative prompt: "):
+            negative = body.pop().removeprefix("Negative prompt: ")
+        prompt = "\n".join(body) or None
+        return cls(prompt=prompt, seed=int(m.group(1)), family=m.group(2), snapshot=m.group(3),
+                   options=json.loads(m.group(4)), negative_prompt=negative)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike, parameters: Parameters | None = None) -> None:
+    """uint8 [H, W, 3] -> PNG (atomic), with the ``parameters`` text chunk when given."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if parameters is not None:
+        info = PngInfo()
+        info.add_text(PARAMETERS_KEY, parameters.text())
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG", pnginfo=info))
+
+
+def read_parameters(path: str | os.PathLike) -> Parameters:
+    """The settings a langfree PNG was generated with."""
     from PIL import Image
 
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp))
+    try:
+        with Image.open(path) as img:
+            text = (getattr(img, "text", None) or {}).get(PARAMETERS_KEY)
+    except (FileNotFoundError, OSError) as exc:
+        raise ValueError(f"--from-png {path}: cannot read it as an image ({exc})") from None
+    if text is None:
+        raise ValueError(f"--from-png {path}: the PNG has no '{PARAMETERS_KEY}' text chunk "
+                         "(only PNGs written by langfree carry one)")
+    return Parameters.parse(text)
 
 
 def write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int],
-                  outdir: str | os.PathLike) -> list[Path]:
-    """One PNG per (row, seed) + grid.png (rows = conditions, columns = seeds) + prompts.json."""
+                  outdir: str | os.PathLike, family: str = "", snapshot: str = "",
+                  options: Any = None) -> list[Path]:
+    """One PNG per (row, seed) + grid.png (rows = conditions, columns = seeds) + prompts.json,
+    each PNG with its ``parameters`` chunk; prompts.json records the sampling options."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     R, S, _, H, W = images.shape
+    opts = options_dict(options)
     written = []
     grid = np.zeros((R * H, S * W, 3), dtype=np.uint8)
     for r in range(R):
         for s, seed in enumerate(seeds):
-            pixels = _to_uint8(images[r, s])
+            pixels = to_uint8(images[r, s])
             grid[r * H:(r + 1) * H, s * W:(s + 1) * W] = pixels
             path = outdir / f"row{r:02d}-seed{seed:04d}.png"
-            _save_png(pixels, path)
+            negative = conditions.negative_prompts[r] if conditions.negative_prompts else None
+            save_png(pixels, path, Parameters(conditions.prompts[r], int(seed), family,
+                                              str(snapshot), opts, negative))
             written.append(path)
-    _save_png(grid, outdir / "grid.png")
-    index = {"rows": conditions.labels, "seeds": list(seeds),
+    save_png(grid, outdir / "grid.png")
+    index = {"rows": conditions.labels, "seeds": list(seeds), "family": family,
+             "snapshot": str(snapshot), "sample_options": opts,
              "files": [[f"row{r:02d}-seed{seed:04d}.png" for seed in seeds] for r in range(R)]}
     write_json(outdir / "prompts.json", index, indent=1)
     return written + [outdir / "grid.png"]

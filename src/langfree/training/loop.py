@@ -12,7 +12,6 @@ preview grid, metrics) and the resumable state.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -23,13 +22,16 @@ import torch
 from torch import nn
 
 from langfree.checkpoint import save_snapshot, write_json
+from langfree.families.base import Progress, optional, state_module_names
 from langfree.training import state as st
 from langfree.training.ema import ema_beta, update_ema
 from langfree.training.options import (
     Processes,
     TrainingError,
     TrainOptions,
+    check_resume_config,
     full_config,
+    lr_scale,
     resolve_options,
     run_desc,
 )
@@ -58,17 +60,26 @@ def train(
         raise TrainingError(
             "no training data: pass a non-empty dataset (only --dry-run runs without)"
         )
-    run_dir, state_dir = None, None
+    if options.resume and options.init_from:
+        raise TrainingError("--resume and --init-from both given: --resume continues a run "
+                            "(its weights, optimisers and data position); --init-from starts a "
+                            "new run from a snapshot's weights. Pass one.")
+    run_dir, state_dir, error = None, None, None
     if procs.rank == 0:
-        if options.resume:
-            run_dir, state_dir = st.resolve_resume(options.resume, options.outdir)
-        else:
-            run_dir = st.new_run_dir(options.outdir, run_desc(family, options))
-            run_dir.mkdir(parents=True)
-        write_json(run_dir / "config.json", {**config, "run_dir": str(run_dir)})
-    run_dir, state_dir = procs.broadcast_object((run_dir, state_dir))
+        try:
+            if options.resume:
+                run_dir, state_dir = st.resolve_resume(options.resume, options.outdir)
+                # Refuse before anything is written: the run's config.json stays as it was.
+                check_resume_config(run_dir / "config.json", config)
+            else:
+                run_dir = st.new_run_dir(options.outdir, run_desc(family, options))
+        except (st.StateError, TrainingError) as exc:
+            error = exc
+    run_dir, state_dir, error = procs.broadcast_object((run_dir, state_dir, error))
+    if error is not None:
+        raise error
     loop = _Loop(family, dataset, resolved, procs, Path(run_dir), preview, metrics)
-    loop.setup(state_dir)
+    loop.setup(state_dir, config)
     return loop.run()
 
 
@@ -91,7 +102,7 @@ class _Loop:
 
     # ------------------------------------------------------------ setup
 
-    def setup(self, state_dir: Path | None) -> None:
+    def setup(self, state_dir: Path | None, config: dict) -> None:
         opts, procs = self.opts, self.procs
         if opts["deterministic"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -104,6 +115,7 @@ class _Loop:
         self.modules: dict[str, nn.Module] = self.family.modules()
         for module in self.modules.values():
             module.to(procs.device)
+        self.saved = state_module_names(self.family)  # references are recorded, not saved
         self.optimizers = self.family.optimizers()
         # The family's learning rates, before any schedule or restored state touches them.
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups]
@@ -111,8 +123,16 @@ class _Loop:
         self.phases = self.family.phases()
         self.phase_params = {p.name: self._trainable(p) for p in self.phases}
         rng = self._restore(state_dir) if state_dir is not None else None
+        init = None
+        if state_dir is None and opts.get("init_from"):
+            init = st.init_weights(opts["init_from"], self.family,
+                                   {n: self.modules[n] for n in self.saved})
         if state_dir is None:
             self._broadcast_weights()
+        if procs.rank == 0 and state_dir is None:  # written once the state has loaded
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(self.run_dir / "config.json", {**config, "run_dir": str(self.run_dir)})
+        procs.barrier()
         self.reporter = Reporter(
             self.run_dir if procs.rank == 0 else None, self.total_nimg, self.nimg
         )
@@ -127,6 +147,8 @@ class _Loop:
             opts["workers"],
         )
         self._log_start(state_dir)
+        if init is not None:
+            self.reporter.log(init)
         if rng is not None:
             st.set_rng_state(rng)  # last: nothing above may draw from the restored stream
 
@@ -161,7 +183,8 @@ class _Loop:
 
     def _restore(self, state_dir: Path) -> dict[str, Any] | None:
         progress = st.load_state(
-            state_dir, self.modules, self.optimizers, self.procs.rank, self.procs.world
+            state_dir, {n: self.modules[n] for n in self.saved}, self.optimizers,
+            self.procs.rank, self.procs.world,
         )
         self.step, self.nimg, self.tick = progress["step"], progress["nimg"], progress["tick"]
         self.elapsed = progress["elapsed"]
@@ -179,7 +202,11 @@ class _Loop:
         )
         r.log(
             f"batch {o['batch']} (per process {o['batch'] // o['processes']}, micro-batch "
-            f"{o['batch_gpu']} x {o['accumulation']})  ema {o['ema_kimg']:.3g} kimg  "
+            f"{o['batch_gpu']} x {o['accumulation']})  ema "
+            + (f"{o['ema_kimg']:.3g} kimg  " if o["ema_kimg"] is not None else
+               f"decay {o['ema_decay']}  ")
+            + f"lr {o['lr_schedule']} warm-up {o['lr_warmup_kimg']:g} kimg ramp-down "
+            f"{o['lr_rampdown']:g}  "
             f"phases {', '.join(f'{p.name}/{p.interval}' for p in self.phases)}"
         )
         if state_dir is not None:
@@ -217,15 +244,16 @@ class _Loop:
         return self.run_dir
 
     def lr_scale(self) -> float:
-        """1 until the last ``lr_rampdown`` fraction of the run, then a half cosine to 0."""
-        ramp = self.opts.get("lr_rampdown", 0.0)
-        if ramp <= 0:
-            return 1.0
-        t = (self.nimg / self.total_nimg - (1.0 - ramp)) / ramp
-        return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+        """The schedule's learning-rate multiplier at the current image count."""
+        return lr_scale(self.opts, self.nimg, self.total_nimg)
+
+    @property
+    def _scheduled(self) -> bool:
+        o = self.opts
+        return o["lr_warmup_kimg"] > 0 or o["lr_schedule"] != "constant" or o["lr_rampdown"] > 0
 
     def _step(self) -> None:
-        if self.opts.get("lr_rampdown", 0.0) > 0:  # a function of nimg: resume stays exact
+        if self._scheduled:  # a function of nimg: resume stays exact
             scale = self.lr_scale()
             for name, opt in self.optimizers.items():
                 for group, base in zip(opt.param_groups, self.base_lrs[name]):
@@ -234,18 +262,22 @@ class _Loop:
             prepare_batch(next(self.loader), self.procs.device)
             for _ in range(self.opts["accumulation"])
         ]
+        progress = Progress(self.step, self.nimg, self.total_nimg)
         for phase in self.phases:
             if self.step % phase.interval == 0:
-                self._run_phase(phase, micro)
+                self._run_phase(phase, micro, progress)
         for src, ema in self.family.ema_pairs():
-            beta = ema_beta(
-                self.opts["batch"], self.opts["ema_kimg"], self.nimg, self.opts["ema_rampup"]
-            )
+            if self.opts["ema_decay"] is not None:
+                beta = self.opts["ema_decay"]
+            else:
+                beta = ema_beta(
+                    self.opts["batch"], self.opts["ema_kimg"], self.nimg, self.opts["ema_rampup"]
+                )
             update_ema(self.modules[ema], self.modules[src], beta)
         self.nimg += self.opts["batch"]
         self.step += 1
 
-    def _run_phase(self, phase: Any, micro: list[dict[str, Any]]) -> None:
+    def _run_phase(self, phase: Any, micro: list[dict[str, Any]], progress: Progress) -> None:
         params = self.phase_params[phase.name]
         for module in self.modules.values():
             module.requires_grad_(False)
@@ -255,7 +287,7 @@ class _Loop:
         loss_sum = torch.zeros((), device=self.procs.device)
         for batch in micro:
             with self.procs.autocast():
-                out = self.family.loss(phase, self.modules, batch, self.step)
+                out = self.family.loss(phase, self.modules, batch, progress)
             if out.loss.ndim != 0:
                 raise TrainingError(
                     f"phase {phase.name!r}: loss must be a scalar, got shape {tuple(out.loss.shape)}"
@@ -266,6 +298,11 @@ class _Loop:
             for name, value in out.stats.items():
                 self.stats.add(f"{phase.name}/{name}", value)
         self._sync_and_check(phase, params, loss_sum / len(micro))
+        optional(self.family, "after_backward", phase, self.modules)
+        if phase.clip_grad_norm is not None:
+            grads = [p for p in params if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(grads, phase.clip_grad_norm)
+            self.stats.add(f"{phase.name}/grad_norm", norm)
         if any(p.grad is not None for p in params):
             self.optimizers[phase.optimizer].step()
         for p in params:
@@ -340,7 +377,8 @@ class _Loop:
             grid = st.no_rng(self.preview, self.family) if self.preview is not None else None
             save_snapshot(snapshot, self.family, kimg, extra={"step": self.step}, grid=grid)
             if self.metrics is not None:
-                self.reporter.metrics(st.no_rng(self.metrics, snapshot), kimg, name, self.nimg)
+                rows = st.no_rng(self.metrics, snapshot)
+                self.reporter.metrics(rows, self.nimg)
         self._save_state(elapsed)
         self.reporter.log(f"saved {snapshot.name} and state at kimg {kimg:.3f}")
 
@@ -364,6 +402,7 @@ class _Loop:
                 "batch": self.opts["batch"],
                 "log_bytes": logs,
             }
-            st.write_state(self.run_dir, progress, self.modules, self.optimizers, rngs)
+            modules = {n: self.modules[n] for n in self.saved}
+            st.write_state(self.run_dir, progress, modules, self.optimizers, rngs)
         if self.procs.world > 1:
             torch.distributed.barrier()

@@ -184,6 +184,51 @@ def load_state(
     return progress
 
 
+def init_weights(source: str | os.PathLike, family: Any, modules: dict[str, torch.nn.Module]) -> str:
+    """``--init-from``: copy weights (no optimiser state, no progress) from a snapshot, a run
+    dir (its latest state, else its latest snapshot) or a state dir into ``modules``. A module
+    the source lacks but whose EMA copy it has starts from that copy (an inference snapshot
+    holds only EMA weights); others keep their fresh initialisation. Returns a log line."""
+    from langfree.checkpoint import SnapshotError, list_snapshots, read_manifest
+
+    path = Path(source)
+    if (path / "progress.json").is_file():
+        folder = path
+    elif list_states(path):
+        folder = list_states(path)[-1]
+    elif (path / "manifest.json").is_file():
+        read_manifest(path)
+        folder = path
+    elif list_snapshots(path):
+        folder = list_snapshots(path)[-1]
+    else:
+        raise StateError(f"--init-from {source}: not a snapshot, a state directory nor a run "
+                         "directory with snapshots/ or state/")
+    found = {p.name.removesuffix(".safetensors") for p in folder.glob("*.safetensors")}
+    loaded, from_ema, fresh = [], [], []
+    ema_of = dict(family.ema_pairs())
+    for name, module in modules.items():
+        source_name = name if name in found else ema_of.get(name)
+        if source_name not in found:
+            fresh.append(name)
+            continue
+        try:
+            module.load_state_dict(load_tensors(folder / f"{source_name}.safetensors"))
+        except RuntimeError as exc:
+            raise SnapshotError(f"--init-from {folder}: module {name!r} does not fit this "
+                                f"config ({str(exc).splitlines()[0]}); use the architecture the "
+                                "source was trained with") from None
+        (loaded if source_name == name else from_ema).append(name)
+    if not loaded and not from_ema:
+        raise StateError(f"--init-from {folder}: none of the modules {sorted(modules)} are there")
+    line = f"initialised from {folder}: {', '.join(loaded)}"
+    if from_ema:
+        line += f"; from the EMA copy: {', '.join(from_ema)}"
+    if fresh:
+        line += f"; fresh: {', '.join(fresh)}"
+    return line
+
+
 # ---------------------------------------------------------------- run directories
 
 

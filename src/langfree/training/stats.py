@@ -131,17 +131,20 @@ class Reporter:
                 self.tb.add_scalar(name, value, global_step=nimg)
         self.tb.flush()
 
-    def metrics(self, results: dict[str, Any], kimg: float, snapshot: str, nimg: int) -> None:
+    def metrics(self, rows: list[dict[str, Any]], nimg: int) -> None:
+        """Rows of the one metrics schema (langfree.metrics.records) -> metrics.jsonl,
+        TensorBoard (``Metrics/<name>``) and the log."""
         if self.run_dir is None:
             return
-        append_jsonl(
-            self.run_dir / "metrics.jsonl",
-            {"kimg": kimg, "snapshot": snapshot, "results": results, "timestamp": time.time()},
-        )
-        for name, value in results.items():
+        for row in rows:
+            append_jsonl(self.run_dir / "metrics.jsonl", row)
+            value = row.get("value")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.tb.add_scalar(f"Metrics/{name}", value, global_step=nimg)
-        self.log(f"metrics at kimg {kimg:.1f}: {json.dumps(results)}")
+                self.tb.add_scalar(f"Metrics/{row['metric']}", value, global_step=nimg)
+        self.tb.flush()
+        summary = ", ".join(f"{r['metric']} {r['value']}" for r in rows)
+        kimg = nimg / 1000
+        self.log(f"metrics at kimg {kimg:.1f}: {summary}")
 
     def close(self) -> None:
         if self.bar is not None:

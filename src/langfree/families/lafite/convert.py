@@ -351,7 +351,9 @@ def write_snapshot(states: dict[str, dict[str, torch.Tensor]], config, dest: str
             raise ValueError(f"{name} does not match the config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]} (did a --set change the architecture?)")
     extra = {"converted_from": source, "source_format": "drboog/Lafite network pickle"}
-    return save_snapshot(dest, family, kimg=0.0, extra=extra)
+    # G and D stay beside G_ema so `langfree train lafite --init-from SNAPSHOT` can fine-tune it.
+    return save_snapshot(dest, family, kimg=0.0, extra=extra,
+                         modules=tuple(n for n in ("G", "G_ema", "D") if n in states))
 
 
 def convert_pickle(src: str | Path, dest: str | Path, base=None,

@@ -9,6 +9,7 @@ d_reg_interval (if r1_gamma > 0). Losses are in loss.py, the condition h in cond
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from langfree.families.base import LossOutput, Phase
+from langfree.families.base import EMA, LossOutput, LRSchedule, Phase, Progress, count_parameters
 from langfree.families.lafite import loss as losses
 from langfree.families.lafite.conditioning import condition_features
 from langfree.families.lafite.config import LafiteConfig
@@ -48,13 +49,28 @@ def build_networks(config: LafiteConfig) -> tuple[nn.Module, nn.Module]:
     return G, D
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+NOISE_MODES = ("const", "random", "none")
+
+
+@dataclass(frozen=True)
+class LafiteSampleOptions:
+    """How LAFITE samples: truncation ψ of w towards its average (1 = none), and the
+    synthesis noise inputs (const: fixed per layer; random: drawn per image from its seed)."""
+
+    truncation_psi: float = field(default=1.0, metadata={
+        "min": 0.0, "max": 2.0, "help": "Truncation ψ: 1 = none, < 1 trades variety for fidelity."})
+    noise_mode: str = field(default="const", metadata={
+        "choices": NOISE_MODES, "help": "Noise inputs: const, random (seeded per image) or none."})
+
+    def __post_init__(self) -> None:
+        if self.noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode {self.noise_mode!r}: use one of {', '.join(NOISE_MODES)}")
 
 
 class LafiteFamily:
     name: ClassVar[str] = "lafite"
     Config: ClassVar[type] = LafiteConfig
+    SampleOptions: ClassVar[type] = LafiteSampleOptions
 
     def __init__(self, config: LafiteConfig, encoder=None):
         if encoder is not None and encoder.embed_dim != config.c_dim:
@@ -81,9 +97,18 @@ class LafiteFamily:
     def needs(self) -> frozenset[str]:
         return frozenset({"image", "image_emb", "text_emb", "has_caption"})
 
-    def default_ema_kimg(self, batch: int) -> float:
+    def default_ema(self, batch: int) -> EMA:
         """G_ema half-life in kimg: the config's, else the official 10 · batch / 32."""
-        return self.config.ema_kimg if self.config.ema_kimg is not None else 10.0 * batch / 32
+        return EMA(self.config.ema_kimg if self.config.ema_kimg is not None else 10.0 * batch / 32)
+
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(rampdown=self.config.lr_rampdown)
+
+    def snapshot_modules(self) -> tuple[str, ...]:
+        """Sampling needs G_ema only (and the perturbation that conditioned it, kept so the
+        snapshot records what it was trained with); D, the condition queue and the path-length
+        mean live in the resumable state."""
+        return ("G_ema", "perturb") if self.perturb is not None else ("G_ema",)
 
     def modules(self) -> dict[str, nn.Module]:
         mods: dict[str, nn.Module] = {"G": self.G, "G_ema": self.G_ema, "D": self.D}
@@ -151,8 +176,8 @@ class LafiteFamily:
 
     # ---------------------------------------------------------------------- training
     def loss(self, phase: Phase, nets: dict[str, nn.Module], batch: dict[str, Any],
-             step: int) -> LossOutput:
-        cfg = self.config
+             progress: Progress) -> LossOutput:
+        cfg, step = self.config, progress.step
         key = (step, id(batch["image"]))  # the same micro-batch reaches G, then D, each step
         reused = self._fakes.pop(key, None) if phase.name == "D" else None
         if reused is not None:     # D sees the fakes (and conditions) G was trained on
@@ -201,15 +226,19 @@ class LafiteFamily:
 
     # ---------------------------------------------------------------------- sampling
     @torch.no_grad()
-    def sample(self, condition: torch.Tensor, seeds: list[int], truncation_psi: float = 1.0,
-               noise_mode: str = "const", batch_size: int = 32) -> torch.Tensor:
-        """[B, c] conditions + one seed each -> [B, 3, R, R] in [-1, 1] from G_ema.
+    def sample(self, conditions: Any, seeds: list[int], options: LafiteSampleOptions | None = None,
+               batch_size: int = 32) -> torch.Tensor:
+        """Condition rows (their embeddings: prompt text features, or reference image features
+        for image variation) + one seed each -> [B, 3, R, R] in [-1, 1] from G_ema.
 
         z for seed s is ``np.random.RandomState(s).randn(z_dim)`` (StyleGAN's generate.py
         convention, so seeds mean the same as in the official tools). With noise_mode="random"
         the noise inputs are drawn per image from a generator seeded by s. The global RNG is
         left untouched (the loop's preview must not disturb training).
         """
+        options = options or LafiteSampleOptions()
+        condition = (conditions.require_embeddings("LAFITE") if hasattr(conditions, "prompts")
+                     else conditions)                                   # [B, c]
         if condition.ndim != 2 or condition.shape[0] != len(seeds):
             raise ValueError(f"sample: condition must be [len(seeds)={len(seeds)}, "
                              f"{self.config.c_dim}], got {tuple(condition.shape)}")
@@ -221,18 +250,18 @@ class LafiteFamily:
         c = F.normalize(condition.float(), dim=-1).to(device) * self.config.g_condition_gain
         z = torch.from_numpy(np.stack([np.random.RandomState(int(s)).randn(self.config.z_dim)
                                        for s in seeds])).float().to(device)     # [B, z]
+        psi, mode = options.truncation_psi, options.noise_mode
         was_training = G.training
         G.eval()
         out = []
         with torch.random.fork_rng(devices=[]):
-            if noise_mode == "random":      # per-image noise from its seed
+            if mode == "random":      # per-image noise from its seed
                 for i, s in enumerate(seeds):
                     torch.manual_seed(int(s))
-                    out.append(G(z[i:i + 1], c[i:i + 1], truncation_psi=truncation_psi,
-                                 noise_mode="random"))
+                    out.append(G(z[i:i + 1], c[i:i + 1], truncation_psi=psi, noise_mode="random"))
             else:
                 for i in range(0, len(seeds), batch_size):
-                    out.append(G(z[i:i + batch_size], c[i:i + batch_size],
-                                 truncation_psi=truncation_psi, noise_mode=noise_mode))
+                    out.append(G(z[i:i + batch_size], c[i:i + batch_size], truncation_psi=psi,
+                                 noise_mode=mode))
         G.train(was_training)
         return torch.cat(out).float().clamp(-1, 1)                              # [B, 3, R, R]

@@ -4,13 +4,15 @@ Two MLPs on the unit image feature î give a shift μ(î) and a log scale s(î);
 feature is h̃ = normalize(î + μ + exp(s)·N(0, I)) (paper §3.2; the official code ships this
 path commented out, with weights that were never published).
 
-Training (``train_perturbation``) needs a *captioned* archive (any captioned data, e.g. the
+Training (``langfree train lafite-perturb``, the ``PerturbFamily`` below on the one loop) needs a
+*captioned* archive (any captioned data, e.g. the
 small-CLIP pre-training split; never the language-free generator data). Objective, per pair
 (î, t̂): symmetric InfoNCE(h̃, t̂) (h̃ must identify its own caption among the batch) +
 align_weight·(1 - cos(h̃, t̂)) (h̃ must land where the text features are: the modality gap)
 + kl_weight·KL(N(0, σ²) || N(0, s0²)), s0 = prior_scale/√D, which keeps the noise from
 collapsing to a deterministic image→text map (σ → 0) and from swamping î (σ ≫ s0).
-Files: DIR/perturb.safetensors + DIR/perturb.json (widths, encoder, training figures).
+Files: a snapshot of that run (perturb.safetensors + config.json), or the older layout
+DIR/perturb.safetensors + DIR/perturb.json (widths, encoder, training figures).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -80,50 +84,6 @@ def perturb_loss(net: PerturbNet, image_emb: torch.Tensor, text_emb: torch.Tenso
                   "cos_image": float(cos_image.detach()), "sigma": float(log_sigma.detach().exp().mean())}
 
 
-def train_perturbation(image_emb: torch.Tensor, caption_emb: torch.Tensor,
-                       caption_offsets: torch.Tensor, *, hidden: int = 1024, layers: int = 4,
-                       steps: int = 2000, batch: int = 64, lr: float = 1e-3,
-                       temperature: float = 0.1, kl_weight: float = 0.01,
-                       align_weight: float = 1.0, seed: int = 0, log=print) -> tuple[PerturbNet, dict]:
-    """Fit a PerturbNet on (image feature, one of its captions' features) pairs.
-
-    image_emb [N, D], caption_emb [M, D], caption_offsets [N + 1] (captions of image i are rows
-    offsets[i]:offsets[i+1]). Images without captions are skipped.
-    """
-    counts = caption_offsets[1:] - caption_offsets[:-1]                 # [N]
-    usable = torch.nonzero(counts > 0).flatten()
-    if len(usable) < 2:
-        raise ValueError("training the perturbation needs a captioned archive (>= 2 images with "
-                         "captions); this one has none: build it from a folder with X.txt beside "
-                         "X.png, or use conditioning 'gaussian'")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    image_emb = F.normalize(image_emb.float(), dim=-1)
-    caption_emb = F.normalize(caption_emb.float(), dim=-1)
-    net = PerturbNet(image_emb.shape[1], hidden, layers)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    batch = min(batch, len(usable))
-    stats: dict[str, float] = {}
-    for step in range(steps):
-        pick = usable[torch.randint(len(usable), (batch,), generator=gen)]      # [B]
-        which = (torch.rand(batch, generator=gen) * counts[pick]).long()         # [B]
-        text = caption_emb[caption_offsets[pick] + which]                        # [B, D]
-        loss, stats = perturb_loss(net, image_emb[pick], text, temperature, kl_weight,
-                                   align_weight=align_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  " +
-                "  ".join(f"{k} {v:.3f}" for k, v in stats.items()))
-    net.eval().requires_grad_(False)
-    meta = {"dim": image_emb.shape[1], "hidden": hidden, "layers": layers, "steps": steps,
-            "batch": batch, "lr": lr, "temperature": temperature, "kl_weight": kl_weight,
-            "align_weight": align_weight,
-            "seed": seed, "final": stats}
-    return net, meta
-
-
 def save_perturbation(net: PerturbNet, meta: dict, outdir: str | Path) -> Path:
     """Write DIR/perturb.safetensors + DIR/perturb.json atomically."""
     from safetensors.torch import save_file
@@ -136,19 +96,101 @@ def save_perturbation(net: PerturbNet, meta: dict, outdir: str | Path) -> Path:
     return outdir
 
 
-def load_perturbation(path: str | Path, dim: int | None = None) -> tuple[PerturbNet, dict]:
-    """Read a perturbation directory (or its perturb.safetensors); checks the feature width."""
-    from safetensors.torch import load_file
-
+def find_perturbation(path: str | Path) -> tuple[Path, dict]:
+    """A perturbation folder and its widths {"dim", "hidden", "layers"}: a run dir of
+    ``langfree train lafite-perturb`` (its latest snapshot), one of its snapshots, or the older
+    DIR with perturb.json."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    if not (folder / WEIGHTS).is_file() or not (folder / META).is_file():
-        raise FileNotFoundError(f"{path}: no {WEIGHTS} + {META} here; train one with "
-                                "`langfree train lafite-perturb --data CAPTIONED.zip --out DIR`")
-    meta = json.loads((folder / META).read_text())
+    if (folder / META).is_file() and (folder / WEIGHTS).is_file():
+        return folder, json.loads((folder / META).read_text())
+    from langfree.checkpoint import SnapshotError, resolve_snapshot
+
+    try:
+        snap = resolve_snapshot(folder)
+    except SnapshotError:
+        snap = None
+    if snap is not None and (snap / WEIGHTS).is_file():
+        record = json.loads((snap / "config.json").read_text())
+        if record.get("family") == PerturbFamily.name:
+            cfg = record["config"]
+            return snap, {"dim": cfg["dim"], "hidden": cfg["hidden"], "layers": cfg["layers"],
+                          "encoder": record.get("encoder")}
+    raise FileNotFoundError(f"--perturb {path}: not a trained perturbation; train one with "
+                            "`langfree train lafite-perturb --data CAPTIONED.zip --encoder SPEC` "
+                            "and pass its run directory")
+
+
+def load_perturbation(path: str | Path, dim: int | None = None) -> tuple[PerturbNet, dict]:
+    """Read a perturbation (see ``find_perturbation``); checks the feature width."""
+    from safetensors.torch import load_file
+
+    folder, meta = find_perturbation(path)
     if dim is not None and meta["dim"] != dim:
         raise ValueError(f"{path}: perturbation was trained for {meta['dim']}-d features, the "
                          f"encoder gives {dim}-d; retrain it with this encoder")
     net = PerturbNet(meta["dim"], meta["hidden"], meta["layers"])
     net.load_state_dict(load_file(str(folder / WEIGHTS)))
     return net.eval().requires_grad_(False), meta
+
+
+# ---------------------------------------------------------------------- on the engine
+@dataclass(frozen=True)
+class PerturbConfig:
+    dim: int = 512                # = encoder.embed_dim (filled from the encoder)
+    hidden: int = 1024            # official LAFITE-NN widths 512→1024→1024→1024→512
+    layers: int = 4
+    lr: float = 1e-3
+    temperature: float = 0.1
+    kl_weight: float = 0.01
+    align_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.layers < 2 or self.hidden < 1 or self.dim < 1:
+            raise ValueError(f"perturbation widths dim={self.dim} hidden={self.hidden} "
+                             f"layers={self.layers}: need dim, hidden >= 1 and layers >= 2")
+
+
+class PerturbFamily:
+    """LAFITE-NN's perturbation trained on (image feature, caption feature) pairs. Not an
+    image generator: its snapshot (perturb.safetensors) is what ``--perturb`` reads."""
+
+    name: ClassVar[str] = "lafite-perturb"
+    Config: ClassVar[type] = PerturbConfig
+    needs = frozenset({"image_emb", "text_emb", "has_caption"})
+    needs_captions = True
+
+    def __init__(self, config: PerturbConfig, encoder=None):
+        self.config, self.encoder = config, encoder
+        self.perturb = PerturbNet(config.dim, config.hidden, config.layers)
+        self._optimizers = None
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"perturb": self.perturb}
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return []
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            self._optimizers = {"main": torch.optim.Adam(self.perturb.parameters(), lr=self.config.lr)}
+        return self._optimizers
+
+    def phases(self):
+        from langfree.families.base import Phase
+
+        return [Phase("main", ("perturb",), "main")]
+
+    def loss(self, phase, nets, batch, progress):
+        from langfree.families.base import LossOutput
+
+        keep = batch["has_caption"].bool()                              # [B]
+        image = F.normalize(batch["image_emb"][keep].float(), dim=-1)   # [B', D]
+        text = F.normalize(batch["text_emb"][keep].float(), dim=-1)
+        if len(image) < 2:  # a batch of a partly captioned archive with < 2 pairs: no signal
+            zero = sum(p.sum() for p in nets["perturb"].parameters()) * 0.0
+            return LossOutput(zero, {"pairs": float(len(image))})
+        cfg = self.config
+        loss, stats = perturb_loss(nets["perturb"], image, text, cfg.temperature, cfg.kl_weight,
+                                   align_weight=cfg.align_weight)
+        return LossOutput(loss, {**stats, "pairs": float(len(image))})

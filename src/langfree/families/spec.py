@@ -1,0 +1,92 @@
+"""What a family contributes to ``langfree train FAMILY``: its config, presets, flags, and two
+hooks. Light on purpose (no torch): the CLI reads every family's spec to build ``--help``.
+
+A family package ``langfree.families.<name>`` defines ``SPEC = TrainSpec(...)`` in its
+``__init__.py``; ``families/registry.py`` maps the family name to that package. Targets are
+``"module:attr"`` strings resolved on first use, so listing families imports no model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+ENCODER_MODES = ("required", "optional", "none")
+
+
+def resolve(target: str | Callable | None) -> Any:
+    """``"pkg.module:attr"`` -> the attribute (callables and None pass through)."""
+    if target is None or not isinstance(target, str):
+        return target
+    module, _, attr = target.partition(":")
+    if not attr:
+        raise ValueError(f"target {target!r}: expected 'package.module:attribute'")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A family option of ``langfree train FAMILY``.
+
+    names:   the option strings (``("--temp",)``; the seed's names where a seed has them)
+    field:   the config field it sets (``"temperature"``)
+    type:    float | int | str | bool (bool flags take 0/1, as the seed's ``--mirror 1``)
+    help:    one line for ``--help``
+    convert: optional ``(value) -> dict`` of config keys, for a flag that sets several fields
+             or needs a file read (e.g. LAFITE's ``--perturb DIR``)
+    """
+
+    names: tuple[str, ...]
+    field: str
+    type: type
+    help: str
+    convert: str | Callable[[Any], dict] | None = None
+
+    @property
+    def param(self) -> str:
+        """The Python parameter name typer binds it to (unique across common options)."""
+        return "family_" + self.field
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """A family's entry in the generic train command (see docs/CONTRACTS.md, "Families").
+
+    family / config / presets: ``"module:attr"`` of the Family class, its frozen Config
+    dataclass and its ``dict[str, Config]`` of presets.
+    configure(data: dict, ctx) -> dict: fills config keys from the data and the encoder
+    (resolution, embedding width) before validation; raises ValueError saying what to pass.
+    prepare(family, ctx) -> None: after the family is built (loads external weights, checks
+    inputs against the config).
+    encoder: "required" (conditions on an encoder's embeddings), "optional" or "none".
+    default_encoder: the spec used when ``--encoder`` is not given (None: must be given when
+    required).
+    """
+
+    name: str
+    family: str
+    config: str
+    help: str
+    presets: str | None = None
+    flags: tuple[Flag, ...] = ()
+    configure: str | Callable | None = None
+    prepare: str | Callable | None = None
+    encoder: str = "required"
+    default_encoder: str | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODER_MODES:
+            raise ValueError(f"TrainSpec {self.name}: encoder={self.encoder!r}, use one of "
+                             f"{', '.join(ENCODER_MODES)}")
+
+    def family_class(self) -> type:
+        return resolve(self.family)
+
+    def config_class(self) -> type:
+        return resolve(self.config)
+
+    def preset_table(self) -> dict[str, Any]:
+        return dict(resolve(self.presets) or {})
