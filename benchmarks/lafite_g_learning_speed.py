@@ -62,7 +62,7 @@ def main() -> None:
         G, _ = build_networks(base.replace(lr=lr))
         opt = torch.optim.Adam(G.parameters(), lr=lr, betas=base.betas)
         t0 = time.time()
-        for step in range(args.steps):
+        for _ in range(args.steps):
             idx = torch.randint(0, args.images, (args.batch,), generator=gen)
             out = G(z[idx], cond[idx] * base.g_condition_gain, noise_mode="const")
             loss = (out - x[idx]).square().mean()

@@ -10,11 +10,10 @@ import argparse
 import hashlib
 import os
 
-import tiny_family
 import torch
 
-from langfree.training.loop import train
-from langfree.training.loop import TrainOptions
+import tiny_family
+from langfree.training.loop import TrainOptions, train
 
 
 def weights_hash(family) -> str:

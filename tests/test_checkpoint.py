@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_family
 import torch
 
+import tiny_family
 from langfree import checkpoint
 from langfree.checkpoint import (
     SnapshotError,

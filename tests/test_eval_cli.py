@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_family
 import torch
-from test_metrics_helpers import PixelEncoder
 from typer.testing import CliRunner
 
+import tiny_family
 from langfree.checkpoint import save_snapshot
 from langfree.cli import app
 from langfree.data.shapes import write_shapes
+from test_metrics_helpers import PixelEncoder
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 import torch
 import typer
 from PIL import Image
-from test_lafite_family_helpers import tiny_config, tiny_small_clip
 from typer.testing import CliRunner
 
 from langfree.sampling.generate import parse_seeds
+from test_lafite_family_helpers import tiny_config, tiny_small_clip
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 import typer
-from test_lafite_family_helpers import TINY_SETS, tiny_small_clip
 from typer.testing import CliRunner
+
+from test_lafite_family_helpers import TINY_SETS, tiny_small_clip
 
 
 @pytest.fixture(scope="module")

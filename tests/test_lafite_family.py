@@ -7,13 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_lafite_family_helpers import (
-    ToyEncoder,
-    fake_batch,
-    networks_available,
-    tiny_config,
-    use_stand_ins_if_needed,
-)
 
 from langfree.families.base import Progress
 from langfree.families.lafite import conditioning
@@ -25,6 +18,13 @@ from langfree.families.lafite.perturb import (
     PerturbNet,
     load_perturbation,
     save_perturbation,
+)
+from test_lafite_family_helpers import (
+    ToyEncoder,
+    fake_batch,
+    networks_available,
+    tiny_config,
+    use_stand_ins_if_needed,
 )
 
 

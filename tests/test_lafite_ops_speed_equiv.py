@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_lafite_networks import _fir_reference as _fir_ref
 
 from langfree.families.lafite import networks, ops
+from test_lafite_networks import _fir_reference as _fir_ref
 
 
 def _x(*shape, grad=True):

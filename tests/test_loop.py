@@ -7,9 +7,9 @@ import random
 
 import numpy as np
 import pytest
-import tiny_family
 import torch
 
+import tiny_family
 from langfree.checkpoint import list_snapshots, load_snapshot
 from langfree.training.ema import ema_beta, update_ema
 from langfree.training.loop import TrainingError, TrainOptions, train

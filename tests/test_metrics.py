@@ -8,7 +8,6 @@ import urllib.request
 
 import pytest
 import torch
-from test_metrics_helpers import PixelEncoder, tiny_extractor, write_condition
 
 from langfree.data.archive import ImageArchive
 from langfree.data.shapes import write_shapes
@@ -20,6 +19,7 @@ from langfree.metrics import (
     kernel_distance,
     parse_metric,
 )
+from test_metrics_helpers import PixelEncoder, tiny_extractor, write_condition
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from test_metrics_helpers import PixelEncoder
 
 from langfree.data import shapes
 from langfree.metrics import (
@@ -20,6 +19,7 @@ from langfree.metrics import (
     load_attribute_evaluator,
     train_attribute_evaluator,
 )
+from test_metrics_helpers import PixelEncoder
 
 N = 135  # 1/7 of the 945 combinations: every class of every attribute appears
 

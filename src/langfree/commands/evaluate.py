@@ -42,9 +42,7 @@ def evaluate(
     from langfree.data.archive import ArchiveError
     from langfree.encoders.clip import EncoderUnavailable
     from langfree.metrics.extractors import ExtractorUnavailable
-    from langfree.metrics.snapshot import evaluate_snapshot
-
-    from langfree.metrics.snapshot import snapshots_in_range
+    from langfree.metrics.snapshot import evaluate_snapshot, snapshots_in_range
 
     try:
         paths = snapshots_in_range(snapshot, snapshots) if snapshots else [snapshot]

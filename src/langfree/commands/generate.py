@@ -19,7 +19,7 @@ def generate(
     image: list[Path] = typer.Option([], "--image", help="Reference image for image variation (its CLIP image feature is the condition; repeatable)."),
     negative_prompt: str | None = typer.Option(None, "--negative-prompt", help="Negative prompt, for families whose guidance uses one."),
     seeds: str = typer.Option("0-7", "--seeds", help="Seeds: 0-15 or 1,4,7-9; one grid column each."),
-    sample: list[str] = typer.Option([], "--sample", help="Sampling option of the family: --sample key=value (repeatable; e.g. truncation_psi=0.7, steps=40)."),
+    sample: list[str] = typer.Option([], "--sample", help="Sampling option of the family: --sample key=value (repeatable; see the family's SampleOptions)."),
     from_png: Path | None = typer.Option(None, "--from-png", help="A PNG langfree wrote: regenerate it from its 'parameters' chunk (prompt, seed, snapshot, options); --sample / --seeds / SNAPSHOT override."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder spec overriding the one recorded in the snapshot."),
     outdir: Path = typer.Option(Path("out"), "--outdir", help="Where PNGs and grid.png go."),

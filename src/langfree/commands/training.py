@@ -1,7 +1,7 @@
 """``langfree train FAMILY ...``: one command for every family in the registry.
 
 The common options are defined once, below; each family adds its own flags (its TrainSpec,
-``langfree.families.<name>.SPEC``), so ``langfree train lafite --help`` shows both. The command
+``langfree.families.<name>.SPEC``), so ``langfree train FAMILY --help`` shows both. The command
 only parses: ``langfree.training.run.train(TrainRequest)`` does the work, and the same call runs
 a training from Python.
 """

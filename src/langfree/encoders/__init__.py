@@ -20,9 +20,9 @@ SMALL_CLIP_EMBED_DIM = 128
 
 _EXPORTS = {
     "TextImageEncoder": "langfree.encoders.base",
-    "EncoderUnavailable": "langfree.encoders.clip",
+    "EncoderUnavailable": "langfree.encoders.base",
     "OpenClipEncoder": "langfree.encoders.clip",
-    "load_encoder": "langfree.encoders.clip",
+    "load_encoder": "langfree.encoders.registry",
     "load_small_clip": "langfree.encoders.small_clip",
     "save_random_small_clip": "langfree.encoders.small_clip",
     "save_small_clip": "langfree.encoders.small_clip",

@@ -8,6 +8,14 @@ if TYPE_CHECKING:  # torch is imported lazily so that `langfree --help` stays fa
     import torch
 
 
+SPEC_PREFIX = "open_clip:"
+ENCODER_JSON = "encoder.json"  # marks a langfree encoder directory (see small_clip.py)
+
+
+class EncoderUnavailable(RuntimeError):
+    """The requested encoder's weights or spec cannot be used here; the message says what to pass."""
+
+
 @runtime_checkable
 class TextImageEncoder(Protocol):
     """A joint text-image embedding space.

@@ -22,18 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SPEC_PREFIX = "open_clip:"
-ENCODER_JSON = "encoder.json"  # marks a langfree encoder directory (see small_clip.py)
+from langfree.encoders.base import ENCODER_JSON, SPEC_PREFIX, EncoderUnavailable  # noqa: F401
 
 _WHAT_TO_PASS = (
     "pass local weights as 'open_clip:MODEL@/path/to/weights.safetensors', or train the "
     "langfree small CLIP ('langfree encoder train DATA.zip --outdir DIR', e.g. on "
     "'langfree shapes') and pass DIR"
 )
-
-
-class EncoderUnavailable(RuntimeError):
-    """The requested encoder's weights or spec cannot be used here; the message says what to pass."""
 
 
 def _offline() -> bool:
@@ -135,26 +130,15 @@ class OpenClipEncoder:
 
 
 def load_encoder(spec: str, device: torch.device | str = "cpu") -> OpenClipEncoder:
-    """Build the encoder a spec names (see module docstring); raises EncoderUnavailable."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise EncoderUnavailable(f"empty encoder spec; {_WHAT_TO_PASS}")
-    spec = spec.strip()
-    if spec.startswith(SPEC_PREFIX):
-        encoder = _load_open_clip(spec[len(SPEC_PREFIX):])
-    elif (Path(spec) / ENCODER_JSON).is_file():
-        from langfree.encoders.small_clip import load_small_clip
+    """Build the encoder a spec names (dispatches through ``langfree.encoders.registry``)."""
+    from langfree.encoders.registry import load_encoder as dispatch
 
-        encoder = load_small_clip(spec)
-    elif Path(spec).exists():
-        raise EncoderUnavailable(
-            f"encoder spec {spec!r} is a path but not a langfree encoder directory (no {ENCODER_JSON}); "
-            f"for an open_clip checkpoint file pass 'open_clip:MODEL@{spec}'")
-    else:
-        raise EncoderUnavailable(
-            f"unknown encoder spec {spec!r}: expected 'open_clip:MODEL/TAG' (e.g. "
-            f"open_clip:ViT-B-32/openai), 'open_clip:MODEL@/path/weights', or a directory written by "
-            f"'langfree encoder train'")
-    return encoder.to(device)
+    return dispatch(spec, device)
+
+
+def load_open_clip_spec(spec: str) -> OpenClipEncoder:
+    """``open_clip:MODEL/TAG`` or ``open_clip:MODEL@/path/weights`` (the registry's resolver)."""
+    return _load_open_clip(spec[len(SPEC_PREFIX):])
 
 
 def _load_open_clip(rest: str) -> OpenClipEncoder:

@@ -63,6 +63,8 @@ class TrainSpec:
     encoder: "required" (conditions on an encoder's embeddings), "optional" or "none".
     default_encoder: the spec used when ``--encoder`` is not given (None: must be given when
     required).
+    converters: ``langfree convert NAME`` commands: name -> ``"module:function"`` of a typer
+    command function (e.g. an official checkpoint importer).
     """
 
     name: str
@@ -75,7 +77,7 @@ class TrainSpec:
     prepare: str | Callable | None = None
     encoder: str = "required"
     default_encoder: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+    converters: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODER_MODES:

@@ -3,7 +3,7 @@
 
     {"metric": "fid2k_full", "value": 41.2, "kimg": 40.0, "snapshot": "snapshot-000040",
      "snapshot_path": "/.../snapshot-000040", "data": "/.../eval.zip",
-     "sample_options": {"truncation_psi": 1.0, ...}, "source": "train" | "eval",
+     "sample_options": {"steps": 40, ...}, "source": "train" | "eval",
      "timestamp": 1764620000.0, "result": {...the metric's full result...}}
 """
 

@@ -2,7 +2,7 @@
 
 ``fid10k_full``: FID between 10 000 generated images and ALL reference images ("full", as in
 StyleGAN2-ADA). Generated image i uses seed ``seed + i`` and the condition of reference caption
-i (LAFITE conditions on test-set caption features: image ``i % N``, caption ``(i // N) % C``);
+i (the official protocol of conditioning on test-set captions: image ``i % N``, caption ``(i // N) % C``);
 when the reference archive has no captions, its image embeddings are the conditions and every
 result says ``"conditions": "image_embeddings"``.
 

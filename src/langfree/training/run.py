@@ -1,8 +1,8 @@
 """``train(request) -> run_dir``: one training run of any family, from Python or the CLI.
 
     from langfree.training.run import TrainRequest, train
-    run_dir = train(TrainRequest("lafite", data="shapes.zip", encoder="runs/clip",
-                                 preset="shapes32", options=TrainOptions(kimg=10)))
+    run_dir = train(TrainRequest("FAMILY", data="shapes.zip", encoder="runs/clip",
+                                 preset="NAME", options=TrainOptions(kimg=10)))
 
 The request is resolved the same way for every family: archive(s) -> encoder (when the family
 conditions on one) -> config (preset or defaults, the family's ``configure``, its flags, then
@@ -175,7 +175,6 @@ def build_config(spec: Any, ctx: Context, recorded: dict | None = None) -> Any:
 def preview_conditions(encoder: Any, archive: Any, test_archive: Any, count: int = PREVIEW_PROMPTS):
     """Fixed preview rows: the shapes prompt grid on shapes data, else held-out (or training)
     captions, else (no captions anywhere) the first images as reference images."""
-    import torch
 
     from langfree.data.shapes import prompt_grid
     from langfree.sampling.conditions import build_conditions
@@ -256,7 +255,7 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     hook = resolve(spec.prepare)
     if hook is not None:
         hook(family, ctx)
-    generates = hasattr(family, "sample")  # a LAFITE-NN perturbation draws no images
+    generates = hasattr(family, "sample")  # a family may train a non-image part (no previews)
     sample = parse_sample_options(family, request.sample) if generates else None
     dataset = None if request.options.dry_run else build_dataset(family, archive, encoder,
                                                                 request.options.seed)

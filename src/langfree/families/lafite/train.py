@@ -82,6 +82,7 @@ SPEC = TrainSpec(
     prepare=prepare,
     encoder="required",
     default_encoder="open_clip:ViT-B-32/openai",
+    converters={"lafite-pkl": "langfree.families.lafite.commands:lafite_pkl"},
 )
 
 
