@@ -197,10 +197,10 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     from langfree.checkpoint import load_snapshot
     from langfree.encoders import load_encoder
     from langfree.metrics import compute_metrics
-    from langfree.sampling.conditions import options_dict
     from langfree.metrics.attributes import (
         load_attribute_evaluator,
     )
+    from langfree.sampling.conditions import options_dict
 
     out = Path(outdir)
     (out / "data").mkdir(parents=True, exist_ok=True)
