@@ -279,7 +279,10 @@ def load_weights(path: Path, manifest: dict, family: Any, device: str | torch.de
             f"{path}: modules {missing} of family {manifest['family']!r} are not in the "
             f"snapshot (it holds {manifest['modules']}); it was written by another version"
         )
-    for name in wanted:  # a version-1 snapshot may hold more (e.g. LAFITE's D): not needed
+    # Declared modules must be there; any other module of the family the snapshot holds (a
+    # version-1 snapshot, an imported checkpoint that keeps its training networks) loads too.
+    extra = [n for n in manifest["modules"] if n in modules and n not in wanted]
+    for name in (*wanted, *extra):
         try:
             modules[name].load_state_dict(load_tensors(path / f"{name}.safetensors"))
         except RuntimeError as exc:
