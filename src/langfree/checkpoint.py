@@ -137,8 +137,8 @@ def save_snapshot(
     from langfree.families.base import optional, snapshot_module_names
     from langfree.sampling.conditions import options_dict
 
-    modules = family.modules()
     names = tuple(modules) if modules is not None else snapshot_module_names(family)
+    modules = family.modules()
     references = optional(family, "references", default={}) or {}
     assets = optional(family, "assets", default={}) or {}
     options_cls = getattr(family, "SampleOptions", None)

@@ -4,7 +4,8 @@
     image_emb, text_emb,   the encoder's embeddings (features sidecar, data/features.py);
     has_caption            text_emb is one caption's embedding per epoch (zeros where none)
     captions               ``caption``: the text of that same caption ("" where none)
-    latents, image_codes   the family's ``Producer`` sidecars (data/sidecar.py), one row per image
+    latents, image_codes,  the family's ``Producer`` sidecars (data/sidecar.py), one row per image
+    text_ids               (token ids that change per step, e.g. BPE dropout, come from ``caption``)
 
 A need that cannot be met stops training at the start, naming the missing input and the command
 that makes it. Items follow the loop's key contract: ``key % N`` is the image, ``key // N`` the
@@ -21,8 +22,8 @@ from langfree.data import sidecar
 from langfree.data.features import caption_choice, load_features
 from langfree.families.base import NEEDS, optional
 
-EMBEDDING_NEEDS = frozenset({"image_emb", "text_emb", "has_caption"})
-SIDECAR_NEEDS = frozenset({"latents", "image_codes"})
+EMBEDDING_NEEDS = frozenset({"image_emb", "text_emb"})  # has_caption comes from the archive
+SIDECAR_NEEDS = frozenset({"latents", "image_codes", "text_ids"})
 
 
 class NeedError(ValueError):
@@ -80,15 +81,19 @@ class TrainingDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"index": index}
         if "image" in self.needs:
             item["image"] = self.archive[index]["image"]
-        captions = self.archive.captions(index) if self.needs & {"captions", "text_emb"} else []
+        needs = self.needs
+        wants_caption = needs & {"captions", "text_emb", "has_caption"}
+        captions = self.archive.captions(index) if wants_caption else []
         choice = caption_choice(self.seed, epoch, index, len(captions)) if captions else None
-        if self.features is not None:
+        if "image_emb" in needs:
             item["image_emb"] = self.features.image_emb[index]
+        if "text_emb" in needs:
             first = int(self.features.caption_offsets[index])
             item["text_emb"] = (self.features.caption_emb[first + choice] if choice is not None
                                 else self._zeros)
+        if "has_caption" in needs:
             item["has_caption"] = choice is not None
-        if "captions" in self.needs:
+        if "captions" in needs:
             item["caption"] = captions[choice] if choice is not None else ""
         for name, tensor in self.sidecars.items():
             item[name] = tensor[index]

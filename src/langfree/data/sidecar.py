@@ -161,7 +161,8 @@ def produce(archive, producer: Producer, progress: bool | None = None) -> dict[s
         for s in range(start, stop, producer.batch_size):
             idx = range(s, min(s + producer.batch_size, stop))
             for k, v in producer.encode(arch.images(idx)).items():
-                parts.setdefault(k, []).append(v.detach().float().cpu())
+                v = v.detach().cpu()  # integer fields (codes, ids) keep their dtype
+                parts.setdefault(k, []).append(v.float() if v.is_floating_point() else v)
             bar.update(len(idx))
         return {k: torch.cat(v) for k, v in parts.items()}
 
