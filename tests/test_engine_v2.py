@@ -8,21 +8,20 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import tiny_family
 import torch
 import torch.nn.functional as F
-from test_lafite_family_helpers import ToyEncoder
 from torch import nn
 
+import tiny_family
 from langfree.checkpoint import SnapshotError, load_snapshot, save_snapshot
-from langfree.families.base import LossOutput, LRSchedule, Phase, Reference
+from langfree.families.base import LRSchedule, Phase, Reference
 from langfree.families.registry import _FAMILIES
 from langfree.training.loop import TrainOptions, train
+from test_lafite_family_helpers import ToyEncoder
 
 
 @pytest.fixture(autouse=True)
@@ -213,10 +212,9 @@ def test_version_1_snapshot_with_extra_modules_still_loads(tmp_path):
 
 def test_version_1_lafite_snapshot_with_d_still_loads(tmp_path):
     """A v1 LAFITE snapshot held G, G_ema and D; v2 LAFITE declares G_ema only."""
-    from test_lafite_family_helpers import tiny_config
-
     from langfree.checkpoint import save_tensors
     from langfree.families.lafite.family import LafiteFamily
+    from test_lafite_family_helpers import tiny_config
 
     torch.manual_seed(0)
     family = LafiteFamily(tiny_config())

@@ -12,11 +12,12 @@ import json
 
 import numpy as np
 import pytest
-import tiny_family
 import torch
 import typer
-from test_lafite_family_helpers import tiny_small_clip
 from typer.testing import CliRunner
+
+import tiny_family
+from test_lafite_family_helpers import tiny_small_clip
 
 
 @pytest.fixture(autouse=True)
@@ -300,9 +301,9 @@ def _weights(path):
 
 
 def test_init_from_snapshot_starts_a_new_run_from_the_ema_weights(files, run, tmp_path):
-    from langfree.checkpoint import resolve_snapshot
-
     import shutil
+
+    from langfree.checkpoint import resolve_snapshot
 
     # an inference snapshot that holds only the EMA copy (as LAFITE's holds only G_ema)
     snapshot = tmp_path / "snapshot-ema-only"
