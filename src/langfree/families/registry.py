@@ -8,6 +8,8 @@ import importlib
 _FAMILIES = {
     "lafite": "langfree.families.lafite",
     "lafite-perturb": "langfree.families.lafite:PERTURB_SPEC",
+    "maskdit": "langfree.families.maskdit",
+    "vae": "langfree.families.vae",
 }
 
 
