@@ -13,8 +13,10 @@ from langfree.commands import (
     data,
     encoders,
     evaluate,
+    family_commands,
     generate,
     quickstart,
+    serve,
     training,
 )
 
@@ -54,6 +56,8 @@ evaluate.register(app)
 generate.register(app)
 convert.register(convert_app)
 quickstart.register(app)
+family_commands.register(app)
+serve.register(app)
 
 if __name__ == "__main__":
     app()

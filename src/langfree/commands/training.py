@@ -21,11 +21,11 @@ COMMON: list[tuple[str, Any, Any]] = [
     ("test_data", Path | None, typer.Option(None, "--test-data", "--test_data", help="Held-out archive: metrics reference and preview captions.")),
     ("preset", str | None, typer.Option(None, "--preset", help="A named configuration of the family (see the list above); default: the family's defaults.")),
     ("encoder", str | None, typer.Option(None, "--encoder", help="Encoder spec: open_clip:NAME/TAG, open_clip:NAME@/path/weights, or a directory from `langfree encoder train`.")),
-    ("kimg", float, typer.Option(100.0, "--kimg", help="Training length in thousands of images shown.")),
+    ("kimg", float | None, typer.Option(None, "--kimg", help="Training length in thousands of images shown (default 100, or the family's).")),
     ("batch", int | None, typer.Option(None, "--batch", help="Global batch size (all processes; default 32, on --resume the run's).")),
     ("batch_gpu", int | None, typer.Option(None, "--batch-gpu", help="Micro-batch per process (gradient accumulation when smaller).")),
-    ("tick", float, typer.Option(4.0, "--tick", help="kimg per progress tick.")),
-    ("snap", int, typer.Option(50, "--snap", help="Ticks between snapshots (+ metrics, state).")),
+    ("tick", float | None, typer.Option(None, "--tick", help="kimg per progress tick (default 4).")),
+    ("snap", int | None, typer.Option(None, "--snap", help="Ticks between snapshots (+ metrics, state; default 50).")),
     ("workers", int, typer.Option(0, "--workers", help="DataLoader worker processes.")),
     ("seed", int | None, typer.Option(None, "--seed", help="Initial weights, data order and noise (default 0, on --resume the run's).")),
     ("deterministic", bool, typer.Option(False, "--deterministic", help="Deterministic kernels (exact resume; slower on GPU).")),
@@ -57,7 +57,9 @@ def request_from(family: str, values: dict[str, Any], spec: Any):
     family_options = {}
     for flag in spec.flags:
         value = values.pop(flag.param)
-        if flag.type is bool and value is not None:
+        if flag.switch:
+            value = True if value else None   # absent: leave the config's value
+        elif flag.type is bool and value is not None:
             if value not in (0, 1):
                 raise typer.BadParameter(f"use 0 or 1, not {value}", param_hint=flag.names[0])
             value = bool(value)
@@ -110,9 +112,10 @@ def make_command(name: str, spec: Any):
                                         annotation=annotation))
         annotations[param] = annotation
     for flag in spec.flags:
-        annotation = _TYPES[flag.type]
-        help_text = flag.help + (" (0 or 1)" if flag.type is bool else "")
-        option = typer.Option(None, *flag.names, help=help_text, rich_help_panel=f"{name} options")
+        annotation = bool if flag.switch else _TYPES[flag.type]
+        help_text = flag.help + (" (0 or 1)" if flag.type is bool and not flag.switch else "")
+        default = False if flag.switch else None
+        option = typer.Option(default, *flag.names, help=help_text, rich_help_panel=f"{name} options")
         params.append(inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY,
                                         default=option, annotation=annotation))
         annotations[flag.param] = annotation
@@ -126,13 +129,7 @@ def make_command(name: str, spec: Any):
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = annotations
     command.__name__ = f"train_{name.replace('-', '_')}"
-    presets = ""
-    try:
-        names = sorted(spec.preset_table())
-        presets = f"\n\nPresets: {', '.join(names)}." if names else ""
-    except ImportError:
-        pass
-    command.__doc__ = spec.help + presets
+    command.__doc__ = spec.help + "\n\nAn unknown --preset lists the family's presets."
     return command
 
 

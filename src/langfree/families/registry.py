@@ -10,6 +10,10 @@ _FAMILIES = {
     "lafite-perturb": "langfree.families.lafite:PERTURB_SPEC",
     "maskdit": "langfree.families.maskdit",
     "vae": "langfree.families.vae",
+    "sd": "langfree.families.sd",
+    "custom-diffusion": "langfree.families.custom_diffusion",
+    "vqgan": "langfree.families.vqgan",
+    "dalle": "langfree.families.dalle",
 }
 
 

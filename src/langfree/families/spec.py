@@ -36,6 +36,7 @@ class Flag:
     help:    one line for ``--help``
     convert: optional ``(value) -> dict`` of config keys, for a flag that sets several fields
              or needs a file read (e.g. LAFITE's ``--perturb DIR``)
+    switch:  a bool flag given by presence (``--hflip``), as the diffusers examples' switches
     """
 
     names: tuple[str, ...]
@@ -43,6 +44,7 @@ class Flag:
     type: type
     help: str
     convert: str | Callable[[Any], dict] | None = None
+    switch: bool = False
 
     @property
     def param(self) -> str:
@@ -65,6 +67,15 @@ class TrainSpec:
     required).
     converters: ``langfree convert NAME`` commands: name -> ``"module:function"`` of a typer
     command function (e.g. an official checkpoint importer).
+    commands: other ``langfree GROUP NAME`` commands of the family: ``"GROUP NAME"`` ->
+    ``"module:function"`` (e.g. ``"tokenizer train"`` for a BPE trainer).
+    data: "archive" (``--data`` is the training archive; the dataset is built from ``needs``)
+    or "own" (the family reads its own inputs in ``prepare`` and trains on ``family.dataset()``;
+    ``--data`` is optional).
+    train_options(config, options: TrainOptions, given: frozenset[str]) -> TrainOptions: the
+    family derives loop options the user did not give from its config (e.g. a step count).
+    finish(family, run_dir, ctx) -> None: after training (e.g. copy the export somewhere).
+    preview_seeds: columns of the snapshot preview grid (a many-step sampler may want fewer).
     """
 
     name: str
@@ -78,8 +89,15 @@ class TrainSpec:
     encoder: str = "required"
     default_encoder: str | None = None
     converters: dict[str, str] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+    data: str = "archive"
+    train_options: str | Callable | None = None
+    finish: str | Callable | None = None
+    preview_seeds: int = 8
 
     def __post_init__(self) -> None:
+        if self.data not in ("archive", "own"):
+            raise ValueError(f"TrainSpec {self.name}: data={self.data!r}, use 'archive' or 'own'")
         if self.encoder not in ENCODER_MODES:
             raise ValueError(f"TrainSpec {self.name}: encoder={self.encoder!r}, use one of "
                              f"{', '.join(ENCODER_MODES)}")

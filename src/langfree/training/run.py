@@ -234,7 +234,7 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     from langfree.families.base import parameter_counts
     from langfree.families.registry import get_spec
     from langfree.families.spec import resolve
-    from langfree.sampling.conditions import parse_sample_options
+    from langfree.sampling.conditions import build_conditions, parse_sample_options
     from langfree.training.state import seed_everything
 
     check_processes(request.gpus)
@@ -242,10 +242,11 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     recorded = _recorded(request)
     if recorded is not None:
         request = _with_recorded(request, recorded)
-    if request.data is None:
+    owns_data = spec.data == "own"
+    if request.data is None and not owns_data:
         raise TrainingError("--data is required: the training archive (.zip from "
                             "`langfree dataset` or `langfree shapes`)")
-    archive = ImageArchive(request.data)
+    archive = ImageArchive(request.data) if request.data is not None else None
     test_archive = ImageArchive(request.test_data) if request.test_data else None
     encoder = load_encoder_for(spec, request)
     ctx = Context(request, archive, test_archive, encoder, request.preset)
@@ -257,12 +258,25 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
         hook(family, ctx)
     generates = hasattr(family, "sample")  # a family may train a non-image part (no previews)
     sample = parse_sample_options(family, request.sample) if generates else None
-    dataset = None if request.options.dry_run else build_dataset(family, archive, encoder,
-                                                                request.options.seed)
-    conditions = preview_conditions(encoder, archive, test_archive) if generates else None
+    hook = resolve(spec.train_options)
+    if hook is not None:
+        given = request.given if request.given is not None else frozenset(
+            f.name for f in dataclasses.fields(TrainOptions))
+        request = dataclasses.replace(request, options=hook(config, request.options, given))
+    if request.options.dry_run:
+        dataset = None
+    elif owns_data:
+        dataset = family.dataset()
+    else:
+        dataset = build_dataset(family, archive, encoder, request.options.seed)
+    conditions = None
+    if generates and archive is not None:
+        conditions = preview_conditions(encoder, archive, test_archive)
+    elif generates and getattr(family, "preview_prompts", None):
+        conditions = build_conditions(encoder, list(family.preview_prompts()))
     run_config = {
         "command": f"train {request.family}",
-        "data": str(Path(request.data).resolve()),
+        "data": str(Path(request.data).resolve()) if request.data is not None else None,
         "test_data": str(Path(request.test_data).resolve()) if request.test_data else None,
         "preset": request.preset, "metrics": request.metrics, "sample": list(request.sample),
         "preview_prompts": list(conditions.labels) if conditions is not None else [],
@@ -271,15 +285,23 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     }
     metrics = make_metrics(request.metrics, request.test_data or request.data, encoder,
                            list(request.sample))
-    return request, family, dataset, run_config, make_preview(conditions, sample), metrics
+    preview = make_preview(conditions, sample, seeds=spec.preview_seeds)
+    return request, family, dataset, run_config, preview, metrics
 
 
 def train(request: TrainRequest) -> Path:
     """Run ``request`` on the one training loop; returns the run directory."""
+    from langfree.families.registry import get_spec
+    from langfree.families.spec import resolve
     from langfree.training.loop import train as run_loop
 
     request, family, dataset, run_config, preview, metrics = prepare(request)
     counts = run_config["parameters"]
     print(f"{request.family} parameters: "
           + "  ".join(f"{k} {v / 1e6:.2f} M" for k, v in counts.items()), file=sys.stderr)
-    return run_loop(family, dataset, request.options, run_config, preview=preview, metrics=metrics)
+    run_dir = run_loop(family, dataset, request.options, run_config, preview=preview,
+                       metrics=metrics)
+    finish = resolve(get_spec(request.family).finish)
+    if finish is not None and not request.options.dry_run:
+        finish(family, run_dir, request)
+    return run_dir

@@ -1,0 +1,105 @@
+"""DALL·E family config and sampling options.
+
+Legend (paper / DALLE-pytorch → field): 16 384 BPE vocab → ``text_vocab`` (the trained
+tokenizer's size; filled from it); 256 text tokens → ``text_len``; 8 192 codes → ``image_vocab``
+and 32×32 → ``image_grid`` (both filled from the VQGAN); ``null_cond_prob`` → caption dropout to
+the null (all-pad) text for classifier-free guidance; ``filter_thres`` → top-k keeping the
+``(1 - filter_thres)`` share of the image vocabulary; ``cond_scale`` → ``guidance_scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class DalleConfig:
+    # inputs: a tokenizer.json (None: trained on the archive's captions by ``configure``) and a
+    # VQGAN run/snapshot (``langfree train vqgan`` or ``langfree convert taming-ckpt``)
+    tokenizer: str | None = None
+    vqgan: str | None = None
+    # tokens (text_vocab / image_vocab / image_grid are filled from the tokenizer and VQGAN)
+    text_vocab: int = 16384
+    text_len: int = 256
+    image_vocab: int = 8192
+    image_grid: int = 32
+    # transformer
+    dim: int = 512
+    depth: int = 8
+    heads: int = 8
+    ff_mult: int = 4
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    # objective: (CE_text + image_loss_weight·CE_image) / (1 + image_loss_weight), paper 7
+    image_loss_weight: float = 7.0
+    bpe_dropout: float = 0.1  # training only, never at generation
+    null_cond_prob: float = 0.1  # caption dropout for classifier-free guidance
+    # code sets per image in the sidecar: the plain image + (augment_sets - 1) paper crops
+    # (augment.py; 0 or 1 = the plain image only)
+    augment_sets: int = 4
+    # optimiser: AdamW, linear warm-up then cosine to lr_min_ratio·lr, clip 1.0
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.96)
+    warmup_kimg: float = 2.0
+    lr_min_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        for name in ("text_vocab", "text_len", "image_vocab", "image_grid", "depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.bpe_dropout < 1.0 or not 0.0 <= self.null_cond_prob <= 1.0:
+            raise ValueError("bpe_dropout must be in [0, 1) and null_cond_prob in [0, 1]")
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid ** 2
+
+
+PRESETS: dict[str, DalleConfig] = {
+    "paper": DalleConfig(dim=3968, depth=64, heads=62),  # 12 B: the paper's geometry, for scale
+    "base": DalleConfig(),
+    # CPU: 32 px shapes, 8×8 codes, captions of ≤ 12 BPE tokens
+    "shapes32": DalleConfig(text_vocab=512, text_len=16, image_vocab=512, image_grid=8,
+                            dim=256, depth=4, heads=4, lr=1e-3, warmup_kimg=1.0),
+    # tests
+    "tiny": DalleConfig(text_vocab=300, text_len=6, image_vocab=16, image_grid=3, dim=32,
+                        depth=2, heads=2, ff_mult=2, augment_sets=0, warmup_kimg=0.0),
+}
+
+
+def preset(name: str, **overrides) -> DalleConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown DALL·E preset {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class DalleSampleOptions:
+    """Sampling options (UI/CLI ranges in the field metadata)."""
+
+    filter_thres: float = field(default=0.9, metadata={
+        "min": 0.0, "max": 0.999, "help": "top-k: keep the (1 - filter_thres) share of the image "
+        "vocabulary with the highest logits (0.9: the top 10 %)"})
+    temperature: float = field(default=1.0, metadata={
+        "min": 0.05, "max": 3.0, "help": "softmax temperature of the image tokens"})
+    guidance_scale: float = field(default=3.0, metadata={
+        "min": 0.0, "max": 20.0, "help": "classifier-free guidance: null + s·(cond - null); 1 = "
+        "unguided (the null rows are then not computed)"})
+    rerank: int = field(default=1, metadata={
+        "min": 1, "max": 64, "help": "draw this many candidates per prompt and keep the one the "
+        "encoder scores highest (text-image cosine); 1 = off"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.filter_thres < 1.0:
+            raise ValueError(f"filter_thres must be in [0, 1), got {self.filter_thres}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.rerank < 1:
+            raise ValueError(f"rerank must be >= 1, got {self.rerank}")
