@@ -113,3 +113,36 @@ def test_cli_encoder_train(shapes_zip, tmp_path):
     assert load_encoder(str(out)).embed_dim == 32
     bad = CliRunner().invoke(app, ["encoder", "train", str(tmp_path / "missing.zip"), "--outdir", str(out)])
     assert bad.exit_code == 2 and "missing.zip" in bad.output
+
+
+def test_archive_subset_follows_the_key_contract(shapes_zip):
+    from langfree.data.archive import ImageArchive
+    from langfree.encoders.small_clip import ArchiveSubset
+
+    archive = ImageArchive(shapes_zip)
+    sub = ArchiveSubset(archive, [7, 3, 11])
+    assert len(sub) == 3 and sub.path == archive.path
+    assert sub.captions(1) == archive.captions(3) and sub.attributes(2) == archive.attributes(11)
+    item = sub[3 * 5 + 1]  # epoch 5, image 1
+    assert item["index"] == 1
+    assert torch.equal(item["image"], archive[3]["image"])
+    assert torch.equal(sub.images([2, 0]), archive.images([11, 7]))
+
+
+def test_small_clip_trains_through_the_generic_train_command(shapes_zip, tmp_path):
+    from langfree.checkpoint import resolve_snapshot
+    from langfree.families.registry import family_names
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest, train
+
+    assert "small-clip" in family_names()
+    tiny = ["width=32", "vision_layers=1", "text_layers=1", "context_length=16", "embed_dim=16"]
+    run = train(TrainRequest("small-clip", data=shapes_zip, overrides=tiny,
+                             options=TrainOptions(outdir=str(tmp_path), kimg=0.032, batch=16,
+                                                  tick_kimg=0.016, snap=0)))
+    snap = resolve_snapshot(run)
+    enc = load_encoder(str(snap / "export"))
+    assert enc.embed_dim == 16
+    assert json.loads((snap / "export" / "encoder.json").read_text())["model_cfg"] == TINY
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert stats and "Loss/main/loss" in stats[-1] and "Loss/main/logit_scale" in stats[-1]

@@ -135,3 +135,21 @@ def test_attribute_accuracy_through_the_registry(trained):
     assert a["attribute_accuracy20"]["overall"] == b["attribute_accuracy20"]["overall"]
     missing = compute_metrics(["attribute_accuracy20"], generate, encoder)
     assert missing["attribute_accuracy20"]["value"] is None
+
+
+def test_evaluator_trains_through_the_generic_train_command(trained, tmp_path):
+    from langfree.checkpoint import resolve_snapshot
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest, train
+
+    root, _, _ = trained
+    run = train(TrainRequest("attribute-evaluator", data=root / "shapes.zip",
+                             family_options={"width": 8},
+                             options=TrainOptions(outdir=str(tmp_path), kimg=0.064, batch=32,
+                                                  tick_kimg=0.032, snap=0)))
+    loaded = load_attribute_evaluator(resolve_snapshot(run) / "export")
+    assert loaded.net.body[0].out_channels == 8 and loaded.ceiling == {}
+    from langfree.data.archive import ImageArchive
+
+    pred = loaded.predict(ImageArchive(root / "shapes.zip").images(range(4)))
+    assert set(pred) == set(loaded.attributes) and len(pred["shape"]) == 4

@@ -20,7 +20,9 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -165,13 +167,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _cosine_with_warmup(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return 0.5 * (1 + math.cos(math.pi * t))
-
-
 def _captioned_archive(archive_path, holdout: int):
     from langfree.data.archive import ImageArchive
 
@@ -187,14 +182,161 @@ def _captioned_archive(archive_path, holdout: int):
     return archive
 
 
-def _epochs(pool: np.ndarray, batch: int, gen: torch.Generator):
-    """Endless batches of indices [B]: each epoch a fresh permutation of ``pool`` (a partial
-    last batch is dropped, so every contrastive batch has ``batch`` pairs)."""
-    pool = torch.from_numpy(pool)
-    while True:
-        order = pool[torch.randperm(len(pool), generator=gen)]
-        for start in range(0, len(order) - batch + 1, batch):
-            yield order[start:start + batch]
+class ArchiveSubset:
+    """The images ``indices`` of an archive as an archive of their own (index i of the subset is
+    image ``indices[i]``), pixels held in memory. Follows the loop's key contract: ``s[key]``
+    is image ``key % len(s)``. What ``data.pipeline.build_dataset`` reads: ``path``,
+    ``resolution``, ``len``, ``[key]``, ``captions``, ``attributes``, ``images``."""
+
+    def __init__(self, archive, indices) -> None:
+        self.archive = archive
+        self.indices = [int(i) for i in indices]
+        self.path, self.resolution = archive.path, archive.resolution
+        self._pixels = archive.images(self.indices)  # uint8 [n, 3, H, W]
+        self.has_captions = all(archive.captions(i) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key: int) -> dict:
+        index = int(key) % len(self.indices)
+        return {"image": self._pixels[index], "index": index}
+
+    def captions(self, i: int) -> list[str]:
+        return self.archive.captions(self.indices[i])
+
+    def attributes(self, i: int) -> dict | None:
+        return self.archive.attributes(self.indices[i])
+
+    def source(self, i: int) -> str:
+        return self.archive.source(self.indices[i])
+
+    def image(self, i: int) -> np.ndarray:
+        return self._pixels[i].permute(1, 2, 0).numpy()
+
+    def images(self, indices) -> torch.Tensor:
+        return self._pixels[torch.as_tensor(list(indices), dtype=torch.int64)]
+
+
+# -- the family on the one training loop -------------------------------------------------------
+
+@dataclass(frozen=True)
+class SmallClipConfig:
+    """The small CLIP's recipe. The towers' sizes are ``small_clip_config``'s arguments; a full
+    open_clip ``model_cfg`` dict, when given, replaces them."""
+
+    embed_dim: int = DEFAULT_EMBED_DIM
+    width: int = 64
+    vision_layers: int = 4
+    text_layers: int = 3
+    patch_size: int = 8
+    image_size: int = 32
+    context_length: int = 32
+    model_cfg: dict | None = None
+    lr: float = DEFAULT_LR
+    weight_decay: float = 0.1
+    # 10 % of the default 400 steps of 256 pairs (train_small_clip sets it from --steps)
+    warmup_kimg: float = 0.1 * DEFAULT_STEPS * DEFAULT_BATCH / 1000
+    max_logit_scale: float = 100.0  # CLIP's cap on the learnable temperature
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_kimg < 0:
+            raise ValueError(f"small CLIP: lr {self.lr} must be > 0, weight_decay "
+                             f"{self.weight_decay} and warmup_kimg {self.warmup_kimg} >= 0")
+
+    def open_clip_config(self) -> dict:
+        if self.model_cfg is not None:
+            return dict(self.model_cfg)
+        return small_clip_config(self.embed_dim, self.width, self.vision_layers, self.text_layers,
+                                 self.patch_size, self.image_size, self.context_length)
+
+
+class SmallClipFamily:
+    """langfree's small CLIP as a family of the one loop: one phase, AdamW (open_clip's
+    no-decay groups), linear warm-up then cosine, open_clip's symmetric InfoNCE (``ClipLoss``)
+    with a learnable logit scale clamped at ``max_logit_scale``. Each step sees a batch of
+    images and one caption of each (the epoch's choice, ``data.features.caption_choice``).
+    Not an image generator: its snapshot exports the encoder directory ``load_small_clip``
+    reads (``export/encoder.json`` + ``export/encoder.safetensors``)."""
+
+    name: ClassVar[str] = "small-clip"
+    Config: ClassVar[type] = SmallClipConfig
+    needs = frozenset({"image", "captions"})
+
+    def __init__(self, config: SmallClipConfig, encoder=None):
+        import open_clip
+
+        self.config, self.encoder = config, None
+        self.model_cfg = config.open_clip_config()
+        self.meta = _metadata(self.model_cfg)
+        self.clip = build_model(self.model_cfg).train()
+        self.tokenizer = open_clip.get_tokenizer(TOKENIZER, context_length=self.meta["context_length"])
+        self._tokens: dict[str, torch.Tensor] = {}  # caption -> token ids [L], tokenised once
+        self._mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD).view(1, 3, 1, 1)
+        self._loss = open_clip.ClipLoss()
+        self._optimizers = None
+        self.last_loss = float("nan")
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"clip": self.clip}
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return []
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            cfg = self.config
+            # fused: one kernel over all tensors, ~2x faster on CPU
+            self._optimizers = {"main": torch.optim.AdamW(
+                _param_groups(self.clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
+                fused=True)}
+        return self._optimizers
+
+    def lr_schedule(self):
+        from langfree.families.base import LRSchedule
+
+        return LRSchedule(warmup_kimg=self.config.warmup_kimg, kind="cosine")
+
+    def phases(self):
+        from langfree.families.base import Phase
+
+        return [Phase("main", ("clip",), "main")]
+
+    def tokens(self, texts: list[str]) -> torch.Tensor:
+        """Token ids [B, L] of ``texts`` (each caption is tokenised once per run)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._tokens]
+        if new:
+            self._tokens.update(zip(new, self.tokenizer(new)))
+        return torch.stack([self._tokens[t] for t in texts])
+
+    def loss(self, phase, nets, batch, progress):
+        from langfree.families.base import LossOutput
+
+        model = nets["clip"]
+        with torch.no_grad():  # the cap applies to every step's scale (CLIP clamps after each step)
+            model.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
+        keep = [i for i, c in enumerate(batch["caption"]) if c]  # a partly captioned archive
+        if len(keep) < 2:
+            zero = sum(p.sum() for p in model.parameters()) * 0.0
+            return LossOutput(zero, {"pairs": float(len(keep))})
+        image = batch["image"][keep] if len(keep) < len(batch["caption"]) else batch["image"]
+        x = clip_preprocess(image, self.meta["image_size"], self._mean.to(image.device),
+                            self._std.to(image.device))  # [B, 3, S, S]
+        tokens = self.tokens([batch["caption"][i] for i in keep]).to(image.device)  # [B, L]
+        image_f = model.encode_image(x, normalize=True)  # [B, D]
+        text_f = model.encode_text(tokens, normalize=True)  # [B, D]
+        scale = model.logit_scale.exp()
+        loss = self._loss(image_f, text_f, scale)
+        self.last_loss = float(loss.detach())
+        return LossOutput(loss, {"logit_scale": float(scale.detach()), "pairs": float(len(keep))})
+
+    def as_encoder(self, spec: str = "(training)") -> OpenClipEncoder:
+        """The model as an encoder (eval mode, frozen: call ``clip.train()`` to go on training)."""
+        return _encoder(self.clip, self.meta, spec=spec)
+
+    def export(self, dirpath: Path) -> None:
+        save_small_clip(self.clip, self.model_cfg, dirpath)
 
 
 def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
@@ -204,14 +346,23 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
                      model_cfg: dict | None = None, progress: bool = True, eval_every: int = 0) -> dict:
     """Train a small CLIP on a captioned archive, save it in ``outdir``, return its metrics.
 
-    Each step draws ``batch`` training images and, for each, one of its captions at random (all
-    phrasings are used). AdamW with a linear warm-up and cosine decay; open_clip's ClipLoss with a
-    learnable logit scale (clamped at 100, as in CLIP). No augmentation: flips or crops would change
-    the positions the captions describe. ``holdout`` images (a seeded split) are never trained on
-    and give ``metrics.json``; ``eval_every`` > 0 also prints their retrieval every so many steps.
+    Trains ``SmallClipFamily`` on the one loop (``langfree.training.loop.train``) for
+    ``steps · batch`` images: each step draws ``batch`` training images and, for each, one of its
+    captions (a seeded choice per epoch; all phrasings are used). AdamW with a linear warm-up
+    (``warmup`` steps) and cosine decay; open_clip's ClipLoss with a learnable logit scale (clamped
+    at 100, as in CLIP). No augmentation: flips or crops would change the positions the captions
+    describe. ``holdout`` images (a seeded split) are never trained on and give ``metrics.json``;
+    ``eval_every`` > 0 also prints their retrieval every so many steps. The loop's run directory
+    (log, stats) is temporary; ``outdir`` gets the encoder directory and ``metrics.json``.
     """
-    import open_clip
-    from tqdm.auto import tqdm
+    import contextlib
+    import shutil
+    import sys
+    import tempfile
+
+    from langfree.data.pipeline import build_dataset
+    from langfree.training.loop import train
+    from langfree.training.options import TrainOptions
 
     if steps < 1 or batch < 2:
         raise ValueError(f"steps must be >= 1 and batch >= 2 (got steps={steps}, batch={batch})")
@@ -219,59 +370,48 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     train_idx, eval_idx = _split(len(archive), holdout, seed)
     if len(train_idx) < batch:
         raise ValueError(f"{archive.path}: {len(train_idx)} training images is less than one batch of {batch}")
-    model_cfg = model_cfg or small_clip_config(embed_dim=embed_dim, image_size=32)
-    meta = _metadata(model_cfg)
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_model(model_cfg).train()
-    tokenizer = open_clip.get_tokenizer(TOKENIZER, context_length=meta["context_length"])
-    captions = [archive.captions(i) for i in range(len(archive))]
-    tokens = tokenizer([c for caps in captions for c in caps])  # [M, L], all phrasings, once
-    offsets = torch.tensor(np.cumsum([0] + [len(c) for c in captions]), dtype=torch.int64)  # [N+1]
-    images = archive.images(range(len(archive)))  # uint8 [N, 3, H, W]
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
-                                  fused=True)  # fused: one kernel over all tensors, ~2x faster on CPU
     warmup = min(200, max(1, steps // 10)) if warmup is None else warmup
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, steps, warmup))
-    loss_fn = open_clip.ClipLoss()
-    batches = _epochs(train_idx, batch, gen)
-    bar = tqdm(range(steps), desc="small CLIP", unit="step", disable=not progress)
-    start, loss_value = time.perf_counter(), float("nan")
-    for step in bar:
-        idx = next(batches)  # [B]
-        counts = offsets[idx + 1] - offsets[idx]  # [B] captions per image
-        pick = offsets[idx] + (torch.rand(len(idx), generator=gen) * counts).long()  # [B] one caption each
-        x = clip_preprocess(images[idx].float() / 127.5 - 1, meta["image_size"], mean, std)  # [B,3,S,S]
-        image_f = model.encode_image(x, normalize=True)  # [B, D]
-        text_f = model.encode_text(tokens[pick], normalize=True)  # [B, D]
-        loss = loss_fn(image_f, text_f, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
-        loss_value = loss.item()
-        bar.set_postfix(loss=f"{loss_value:.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
-            m = retrieval_metrics(_encoder(model, meta, spec="(training)"), archive, eval_idx, seed)
-            model.train().requires_grad_(True)  # the encoder wrapper froze it for evaluation
-            bar.write(f"step {step + 1}: retrieval_top1 {m['retrieval_top1']:.3f} "
-                      f"(exact {m['retrieval_top1_exact']:.3f}), loss {loss_value:.3f}")
+    config = SmallClipConfig(embed_dim=embed_dim, model_cfg=model_cfg, lr=lr,
+                             weight_decay=weight_decay, warmup_kimg=warmup * batch / 1000)
+    torch.manual_seed(seed)  # initial weights
+    family = SmallClipFamily(config)
+    dataset = build_dataset(family, ArchiveSubset(archive, train_idx), seed=seed, progress=False)
+    kimg = steps * batch / 1000
+    # ten status lines in the (temporary) log; --eval-every: a tick (snapshot + retrieval) each N steps
+    tick_kimg = eval_every * batch / 1000 if eval_every else kimg / 10
+
+    def evaluate(snapshot_dir):  # --eval-every: held-out retrieval at each tick
+        m = retrieval_metrics(family.as_encoder(), archive, eval_idx, seed)
+        family.clip.train()
+        print(f"retrieval_top1 {m['retrieval_top1']:.3f} (exact {m['retrieval_top1_exact']:.3f}), "
+              f"loss {family.last_loss:.3f}", file=sys.stderr, flush=True)
+        return []
+
+    tmp = tempfile.mkdtemp(prefix="langfree-small-clip-")  # the loop's run dir (log, stats)
+    options = TrainOptions(outdir=tmp, kimg=kimg, batch=batch, tick_kimg=tick_kimg,
+                           snap=1 if eval_every else 0, seed=seed, desc="small-clip")
+    run_config = {"command": "encoder train", "data": str(Path(archive_path).resolve()),
+                  "holdout": holdout, "steps": steps}
+    start = time.perf_counter()
+    sink = sys.stderr if progress else open(os.devnull, "w")  # the loop's log lines
+    try:
+        with contextlib.redirect_stdout(sink):
+            train(family, dataset, options, run_config, metrics=evaluate if eval_every else None)
+    finally:
+        if sink is not sys.stderr:
+            sink.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
 
-    encoder = _encoder(model, meta, spec=str(Path(outdir).resolve()))  # eval(), frozen
+    encoder = family.as_encoder(spec=str(Path(outdir).resolve()))  # eval(), frozen
     metrics = retrieval_metrics(encoder, archive, eval_idx, seed=seed)
-    metrics.update({"final_loss": loss_value, "steps": steps, "batch": batch, "seed": seed, "lr": lr,
-                    "train_images": len(train_idx), "train_seconds": round(seconds, 1),
+    metrics.update({"final_loss": family.last_loss, "steps": steps, "batch": batch, "seed": seed,
+                    "lr": lr, "train_images": len(train_idx), "train_seconds": round(seconds, 1),
                     "images_per_second": round(steps * batch / seconds, 1),
                     "torch_threads": torch.get_num_threads()})
     train_info = {"archive": str(Path(archive_path).resolve()), "steps": steps, "batch": batch,
                   "seed": seed, "lr": lr, "holdout": holdout}
-    save_small_clip(model, model_cfg, outdir, extra=train_info)
+    save_small_clip(family.clip, family.model_cfg, outdir, extra=train_info)
     write_json(Path(outdir) / METRICS, metrics, indent=1)
     return metrics
 

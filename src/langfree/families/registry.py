@@ -14,6 +14,8 @@ _FAMILIES = {
     "custom-diffusion": "langfree.families.custom_diffusion",
     "vqgan": "langfree.families.vqgan",
     "dalle": "langfree.families.dalle",
+    "small-clip": "langfree.encoders.spec",
+    "attribute-evaluator": "langfree.families.evaluator_spec",
 }
 
 

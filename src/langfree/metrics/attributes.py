@@ -19,7 +19,9 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +149,89 @@ def load_attribute_evaluator(path: str | os.PathLike) -> AttributeEvaluator:
     return AttributeEvaluator(net, attributes, meta["resolution"], meta["ceiling"], info)
 
 
+# ---------------------------------------------------------------------- on the engine
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    resolution: int = 32          # input side; other archive resolutions are resized to it
+    width: int = 32
+    lr: float = 2e-3
+
+    def __post_init__(self) -> None:
+        if self.resolution < 8 or self.resolution % 8 or self.width < 1 or self.lr <= 0:
+            raise ValueError(f"attribute evaluator: resolution {self.resolution} must be a "
+                             f"multiple of 8, width {self.width} >= 1 and lr {self.lr} > 0")
+
+
+class AttributeEvaluatorFamily:
+    """The shapes attribute evaluator as a family of the one loop: one phase, Adam, the sum of
+    one cross-entropy per judged attribute. Labels come from the archive's ground truth: the
+    family holds them as a tensor [N, 4] (``set_labels``) and reads ``batch["index"]``. Not an
+    image generator: its snapshot exports an evaluator directory (``export/``) that
+    ``load_attribute_evaluator`` reads (without a ceiling: ``train_attribute_evaluator`` holds
+    images out and measures it)."""
+
+    name: ClassVar[str] = "attribute-evaluator"
+    Config: ClassVar[type] = EvaluatorConfig
+    needs = frozenset({"image"})
+
+    def __init__(self, config: EvaluatorConfig, encoder=None):
+        from langfree.data.shapes import ATTRIBUTES
+
+        self.config, self.encoder = config, None
+        self.attributes = {k: list(ATTRIBUTES[k]) for k in JUDGED}
+        self.net = AttributeNet({k: len(v) for k, v in self.attributes.items()},
+                                config.resolution, config.width)
+        self.labels: torch.Tensor | None = None  # [N, len(JUDGED)] int64, archive order
+        self._optimizers = None
+
+    def set_labels(self, archive) -> None:
+        """Read the ground-truth attributes of every image of ``archive`` (the training data)."""
+        labels = _labels(archive, range(len(archive)), self.attributes)
+        self.labels = torch.stack([labels[k] for k in self.attributes], 1)
+
+    def evaluator(self) -> AttributeEvaluator:
+        return AttributeEvaluator(self.net, self.attributes, self.config.resolution)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return []
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        if self._optimizers is None:
+            self._optimizers = {"main": torch.optim.Adam(self.net.parameters(), lr=self.config.lr)}
+        return self._optimizers
+
+    def phases(self):
+        from langfree.families.base import Phase
+
+        return [Phase("main", ("net",), "main")]
+
+    def loss(self, phase, nets, batch, progress):
+        from langfree.families.base import LossOutput
+
+        if self.labels is None:
+            raise ValueError("attribute evaluator: no labels; call set_labels(archive) (the "
+                             "train command's prepare step does) before training")
+        x = batch["image"]  # [B, 3, H, W] in [-1, 1]
+        r = self.config.resolution
+        if x.shape[-1] != r or x.shape[-2] != r:
+            x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+        y = self.labels.to(x.device)[batch["index"]]  # [B, len(JUDGED)]
+        logits = nets["net"](x)
+        losses = {k: F.cross_entropy(logits[k], y[:, j]) for j, k in enumerate(self.attributes)}
+        return LossOutput(sum(losses.values()), {f"ce_{k}": float(v.detach()) for k, v in losses.items()})
+
+    def export(self, dirpath: Path) -> None:
+        save_attribute_evaluator(self.evaluator(), dirpath)
+
+
+def prepare_evaluator(family: AttributeEvaluatorFamily, ctx) -> None:
+    """``langfree train attribute-evaluator``: labels from the training archive's attributes."""
+    family.set_labels(ctx.archive)
+
+
 def train_attribute_evaluator(archive_path: str | os.PathLike, outdir: str | os.PathLike | None = None,
                               *, epochs: int = 10, batch: int = 32, lr: float = 2e-3,
                               heldout: float = 0.1, max_images: int | None = None, seed: int = 0,
@@ -155,49 +240,64 @@ def train_attribute_evaluator(archive_path: str | os.PathLike, outdir: str | os.
                               ) -> tuple[AttributeEvaluator, dict[str, float]]:
     """Train on a shapes archive; returns (evaluator, ceiling) and saves to ``outdir`` if given.
 
+    Trains ``AttributeEvaluatorFamily`` on the one loop (``langfree.training.loop.train``) for
+    ``epochs`` passes over the training images (kimg = epochs · train images / 1000).
     ``heldout`` of the images (a seeded choice) are never trained on; the accuracy there is the
     ceiling. A few thousand 32 px images and ~6 epochs take about a minute on 2 CPU cores."""
+    import contextlib
+    import shutil
+    import sys
+    import tempfile
+
     from langfree.data.archive import ImageArchive
-    from langfree.data.shapes import ATTRIBUTES
+    from langfree.data.pipeline import build_dataset
+    from langfree.encoders.small_clip import ArchiveSubset
+    from langfree.training.loop import train
+    from langfree.training.options import TrainOptions
 
     archive = ImageArchive(archive_path)
-    attributes = {k: list(ATTRIBUTES[k]) for k in JUDGED}
     count = len(archive) if max_images is None else min(len(archive), max_images)
     order = torch.randperm(len(archive), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     n_test = max(1, round(count * heldout))
     if count - n_test < 2:
         raise ValueError(f"{archive_path} has {count} images; the evaluator needs at least a few "
                          "hundred (write a larger shapes archive)")
-    train_idx = order[n_test:]
-    images = archive.images(order)  # uint8 [count, 3, R, R]
-    labels = _labels(archive, order, attributes)
+    train_idx, test_idx = order[n_test:], order[:n_test]
+    if epochs < 1 or batch < 1:
+        raise ValueError(f"epochs {epochs} and batch {batch} must be >= 1")
 
     torch.manual_seed(seed)  # weight init; callers that care about their RNG fork it
-    net = AttributeNet({k: len(v) for k, v in attributes.items()}, resolution, width)
-    evaluator = AttributeEvaluator(net, attributes, resolution)
-    x_all = evaluator.prepare(images)
-    x_train, x_test = x_all[n_test:], images[:n_test]
-    y_train = {k: v[n_test:] for k, v in labels.items()}
-    y_test = {k: v[:n_test] for k, v in labels.items()}
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed + 1)
+    family = AttributeEvaluatorFamily(EvaluatorConfig(resolution, width, lr))
+    subset = ArchiveSubset(archive, train_idx)
+    family.set_labels(subset)
+    dataset = build_dataset(family, subset, seed=seed, progress=False)
+    attributes = family.attributes
+    test_images = archive.images(test_idx)  # uint8 [n_test, 3, H, W]
+    y_test = _labels(archive, test_idx, attributes)
+
+    kimg = epochs * len(train_idx) / 1000
+    tmp = tempfile.mkdtemp(prefix="langfree-evaluator-")  # the loop's run dir (log, stats)
+    options = TrainOptions(outdir=tmp, kimg=kimg, batch=batch, tick_kimg=len(train_idx) / 1000,
+                           snap=0, seed=seed, desc="attribute-evaluator")
+    run_config = {"command": "train_attribute_evaluator", "data": str(Path(archive_path).resolve()),
+                  "heldout": heldout, "epochs": epochs}
     start = time.time()
-    net.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x_train), generator=gen)
-        total = 0.0
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            logits = net(x_train[idx])
-            loss = sum(F.cross_entropy(logits[k], y_train[k][idx]) for k in attributes)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
+    try:
+        with contextlib.redirect_stdout(sys.stderr if log else open(os.devnull, "w")) as sink:
+            try:
+                train(family, dataset, options, run_config)
+            finally:
+                if sink is not sys.stderr:
+                    sink.close()
         if log:
-            log(f"evaluator epoch {epoch + 1}/{epochs}: loss {total / len(perm):.3f}")
-    net.eval()
-    ceiling = evaluator.accuracy(x_test, y_test)
+            ticks = [json.loads(line) for line in next(Path(tmp).glob("*/stats.jsonl")).open()]
+            for epoch, tick in enumerate(ticks, 1):
+                log(f"evaluator epoch {epoch}/{len(ticks)}: loss {tick.get('Loss/main/loss', float('nan')):.3f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    evaluator = family.evaluator()
+    evaluator.net.eval()
+    ceiling = evaluator.accuracy(test_images, y_test)
     evaluator.ceiling = ceiling
     evaluator.info = {"train": {"archive": str(Path(archive_path).resolve()),
                                 "archive_bytes": Path(archive_path).stat().st_size,
