@@ -169,8 +169,12 @@ PRESETS: dict[str, LafiteConfig] = {
     # (pixel; 1 = as varied as real images of the prompt), background coverage over 16 seeds:
     #   mode_seeking_weight 0                    0.922 / 0.513 / 0.505 / 0.997, 0.32, 0.42
     #   mode_seeking_weight 5 (this preset)      0.950 / 0.510 / 0.540 / 0.998, 1.07, 0.87
-    # The seed distance G/seed_distance falls from 0.15 to 0.06 in the first 8 kimg while the
-    # CLIP contrastive term climbs (clip_cos 0.51 -> 0.73); with the term it recovers to 0.11.
+    #   weight 0, itc = itd = 0 (no contrastive)  0.563 / 0.226 / 0.337 / 0.840, 0.42, 0.37
+    # So the contrastive terms are not what collapses z: the plain conditional GAN does too
+    # (MSGAN's finding for cGANs). Nor does h̃ fix the background: a linear probe reads it from
+    # î at 0.68 but from h̃ (ξ 0.34) at only 0.40 (chance 0.25), so the data given h̃ still
+    # varies and G could have used z. With the term the seed distance G/seed_distance dips to
+    # 0.06 at 8 kimg and recovers to 0.11 (real shapes of one prompt: 0.07-0.18).
     # Cost: one more G pass over mode_seeking_batch (8 of 32) samples per step.
     # No mirror: the captions name left/right, and a flipped image with an unflipped feature
     # would teach G to ignore them. No path length: it costs a G pass every 4 steps for a
