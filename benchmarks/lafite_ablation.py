@@ -2,7 +2,10 @@
 
 Trains the shapes32 preset for the same kimg under four settings and prints an attribute-accuracy
 table (langfree.metrics attribute evaluator, canonical prompts "a large red circle at the top
-left"), reproducing the paper's claim at CPU scale:
+left") with sample diversity beside it (``diversity``: pixel distance between seeds of one prompt
+over that of real images with the prompt's attributes; ``coverage``: share of the background
+colours, which no prompt names, among 16 seeds of one prompt), reproducing the paper's claim at
+CPU scale:
 
   gaussian  language-free, LAFITE-G pseudo text features (images only)
   learned   language-free, LAFITE-NN perturbation trained on the CLIP's captioned split
@@ -10,7 +13,8 @@ left"), reproducing the paper's claim at CPU scale:
   standard  real caption features (mixing_prob 0), the upper reference
 
     python benchmarks/lafite_ablation.py --encoder CLIP_DIR --clip-data CAPTIONED.zip \
-        --workdir /tmp/ablation --kimg 20 [--variants gaussian,none] [--set key=value ...]
+        --workdir /tmp/ablation --kimg 20 [--variants gaussian,none] [--set key=value ...] \
+        [--evaluator DIR]
 
 The language-free variants train on an archive WITHOUT captions (written here from the same
 images), so they cannot read captions even by mistake.
@@ -112,6 +116,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="LafiteConfig override key=value")
+    p.add_argument("--evaluator", help="attribute evaluator dir (default: trained beside the eval archive)")
     args = p.parse_args()
 
     import torch
@@ -138,19 +143,26 @@ def main() -> None:
         data = captioned if name == "standard" else images_only
         run = _train(name, data, encoder, args, perturb)
         minutes = (time.time() - start) / 60
-        report = evaluate_snapshot(run, ["attribute_accuracy"], evaluation, encoder=encoder,
+        report = evaluate_snapshot(run, ["attribute_accuracy", "diversity", "unprompted_coverage"],
+                                   evaluation, encoder=encoder, evaluator=args.evaluator,
                                    write=False, log=print)
-        result = report["results"]["attribute_accuracy"]
-        rows[name] = {"minutes": round(minutes, 2), "run": str(run), **result}
+        results = report["results"]
+        rows[name] = {"minutes": round(minutes, 2), "run": str(run),
+                      **results["attribute_accuracy"],
+                      "diversity": results["diversity"].get("value"),
+                      "diversity_embedding": results["diversity"].get("embedding_value"),
+                      "coverage": results["unprompted_coverage"].get("value")}
         print(json.dumps({name: rows[name]}, default=str))
     _print_table(rows, args)
     (args.workdir / "ablation.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
 def _print_table(rows: dict, args) -> None:
-    keys = ["color", "shape", "size", "position", "overall"]
+    keys = ["color", "shape", "size", "position", "overall", "diversity", "coverage"]
     print(f"\nLAFITE ablation: preset {args.preset}, {args.kimg:g} kimg, batch {args.batch}, "
-          f"{args.images} training images, attribute accuracy on canonical prompts")
+          f"{args.images} training images, attribute accuracy on canonical prompts, diversity "
+          "(mean |pixel difference| of seeds / of real images with the prompt's attributes) and "
+          "background coverage over 16 seeds")
     print(f"{'variant':<10}" + "".join(f"{k:>10}" for k in keys) + f"{'minutes':>10}")
     for name, row in rows.items():
         cells = []

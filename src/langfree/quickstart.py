@@ -46,7 +46,8 @@ class QuickstartPlan:
     tick_kimg: float = 4.0
     attribute_samples: int = 945       # 7 colours x 5 shapes x 3 sizes x 9 positions
     r_precision_samples: int = 1000
-    fid_samples: int = 2000
+    fid_samples: int = 2000            # also precision/recall (pr<N>3) on the same features
+    diversity_samples: int = 1024      # 64 canonical prompts x seeds 0-15 (issue 9 bars)
     grid_prompts: int = 8
     grid_seeds: int = 8
     seed: int = 0
@@ -54,7 +55,10 @@ class QuickstartPlan:
 
 SMOKE_PLAN = QuickstartPlan(clip_images=600, gan_images=600, eval_images=1200, evaluator_images=600, clip_steps=10, clip_batch=32, clip_holdout=200,
                             gan_kimg=0.128, gan_batch=16, tick_kimg=0.064, attribute_samples=45, r_precision_samples=32,
-                            fid_samples=64, grid_prompts=2, grid_seeds=2)
+                            fid_samples=64, diversity_samples=64, grid_prompts=2, grid_seeds=2)
+# What a quickstart must reach (issue 9); report.json says which held.
+BARS = {"color": 0.90, "shape": 0.80, "position": 0.80, "diversity": 0.5,
+        "unprompted_coverage": 0.75}
 
 
 class Stages:
@@ -242,12 +246,16 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
                              pseudo["image_noise"])
     gan_minutes = (time.time() - t_gan) / 60
 
-    stages.start("5/6 evaluating: attribute accuracy, R-precision, FID")
+    stages.start("5/6 evaluating: attribute accuracy, R-precision, FID, precision/recall, "
+                 "diversity and unprompted coverage")
     encoder = load_encoder(str(out / "clip"))
     family = load_snapshot(snapshot, encoder=encoder)
     names = {"attributes": f"attribute_accuracy{plan.attribute_samples}",
              "r_precision": f"r_precision{plan.r_precision_samples}",
-             "fid": f"fid{plan.fid_samples}_full"}
+             "fid": f"fid{plan.fid_samples}_full",
+             "pr": f"pr{plan.fid_samples}3",
+             "diversity": f"diversity{plan.diversity_samples}",
+             "unprompted_coverage": f"unprompted_coverage{plan.diversity_samples}"}
     options = family.SampleOptions()
 
     def generate(conditions, seeds):
@@ -268,6 +276,9 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         "attribute_ceiling_real_images": ceiling,
         "r_precision": results[names["r_precision"]],
         "fid": results[names["fid"]],
+        "precision_recall": results[names["pr"]],
+        "diversity": _brief(results[names["diversity"]]),
+        "unprompted_coverage": results[names["unprompted_coverage"]],
         "clip": clip_metrics,
         "pseudo_text": pseudo,
         "kimg": manifest.get("kimg"),
@@ -277,5 +288,15 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         "grid": str(grid),
         "plan": plan.__dict__,
     }
+    figures = {**report["attribute_accuracy"], "diversity": report["diversity"].get("value"),
+               "unprompted_coverage": report["unprompted_coverage"].get("value")}
+    report["bars"] = {k: {"bar": bar, "value": figures.get(k),
+                          "held": figures.get(k) is not None and figures[k] >= bar}
+                      for k, bar in BARS.items()}
     write_json(out / "report.json", report)
     return report
+
+
+def _brief(result: dict) -> dict:
+    """The diversity result without its per-prompt list (kept short for report.json)."""
+    return {k: v for k, v in result.items() if k != "per_prompt"}

@@ -12,6 +12,13 @@ Names (``<n>`` is a count, ``k`` multiplies by 1000; ``--num`` overrides it):
   clip_score[<n>[k]]                100 * max(cos(image, prompt), 0), mean (default n 1000)
   r_precision[<n>[k]]               text->image R-precision, 1 true + up to 99 other prompts
   attribute_accuracy[<n>[k]]        shapes evaluator on canonical prompts (default n 945)
+  diversity[<n>[k]]                 shapes: n / 16 canonical prompts x seeds 0-15; within-prompt mean
+                                    |pixel difference| over real images with the prompt's
+                                    attributes (default n 1024; also in image-embedding space)
+  unprompted_coverage[<n>[k]]       shapes: share of the data's background colours among the 16
+                                    seeds of one prompt, mean over prompts (same samples)
+  pr<n>[k]3                         improved precision/recall, k = 3 (as StyleGAN2-ADA's pr50k3),
+                                    on the FID extractor's features, n generated vs n real
 
 FID/KID/IS, clip_score and r_precision of one call share one set of generated images: sample i
 is the same image whichever metric asks for it.
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 
 from langfree.encoders.base import TextImageEncoder
+from langfree.metrics import diversity as div
 from langfree.metrics.attributes import AttributeEvaluator, attribute_accuracy, to_uint8
 from langfree.metrics.distribution import (
     frechet_distance,
@@ -35,6 +43,7 @@ from langfree.metrics.distribution import (
     kernel_distance,
 )
 from langfree.metrics.extractors import FeatureExtractor, resolve_extractor
+from langfree.sampling.conditions import Conditions
 
 # (Conditions rows, seeds) -> [B, 3, H, W] in [-1, 1] (langfree.sampling.conditions.Conditions)
 Generate = Callable[[Any, list[int]], torch.Tensor]
@@ -47,8 +56,14 @@ PATTERNS: dict[str, re.Pattern] = {
     "clip_score": re.compile(rf"clip_score{_NUM}?"),
     "r_precision": re.compile(rf"r_precision{_NUM}?"),
     "attribute_accuracy": re.compile(rf"attribute_accuracy{_NUM}?"),
+    "diversity": re.compile(rf"diversity{_NUM}?"),
+    "unprompted_coverage": re.compile(rf"unprompted_coverage{_NUM}?"),
+    "pr": re.compile(rf"pr{_NUM}3"),
 }
-DEFAULT_NUM = {"clip_score": 1000, "r_precision": 1000, "attribute_accuracy": 945}
+DEFAULT_NUM = {"clip_score": 1000, "r_precision": 1000, "attribute_accuracy": 945,
+               "diversity": 1024, "unprompted_coverage": 1024}
+SEEDS_PER_PROMPT = 16  # diversity / unprompted_coverage: seeds 0-15 of each prompt (issue 9)
+PR_K = 3
 R_PRECISION_CANDIDATES = 100  # 1 true prompt + 99 others, as in AttnGAN / DALL-Eval
 
 
@@ -70,8 +85,9 @@ def parse_metric(name: str, num: int | None = None) -> MetricSpec:
                 raise ValueError(f"metric {name}: needs at least 2 samples, got {count}")
             return MetricSpec(name, kind, count)
     raise ValueError(f"unknown metric {name!r}; known: fid<N>[k]_full, kid<N>[k]_full, is<N>[k], "
-                     "clip_score[<N>], r_precision[<N>], attribute_accuracy[<N>] "
-                     "(e.g. fid10k_full, fid500_full, kid2k_full, is10k)")
+                     "clip_score[<N>], r_precision[<N>], attribute_accuracy[<N>], diversity[<N>], "
+                     "unprompted_coverage[<N>], pr<N>[k]3 "
+                     "(e.g. fid10k_full, fid500_full, kid2k_full, is10k, pr2k3)")
 
 
 def unavailable(reason: str, **extra: Any) -> dict:
@@ -286,11 +302,119 @@ def metric_attribute_accuracy(ctx: EvalContext, spec: MetricSpec) -> dict:
                               batch=ctx.batch)
 
 
+def _seed_groups(ctx: EvalContext, spec: MetricSpec) -> dict | str:
+    """Samples of ``spec.num // 16`` canonical shapes prompts x seeds ``ctx.seed + 0..15`` and the
+    reference images having each prompt's judged attributes; cached on ``ctx`` so diversity and
+    unprompted_coverage of one call share them. Returns a reason string when unavailable."""
+    from langfree.data.shapes import ATTRIBUTES
+    from langfree.metrics.attributes import JUDGED, balanced_prompts
+
+    cache = ctx.__dict__.setdefault("_seed_groups_cache", {})
+    count = max(1, spec.num // SEEDS_PER_PROMPT)
+    if count in cache:
+        return cache[count]
+    if ctx.encoder is None:
+        return f"{spec.kind} needs an encoder to encode its prompts"
+    ref = ctx._need_reference(spec.kind)
+    ref_attrs = [ref.attributes(i) for i in range(len(ref))]
+    if not all(ref_attrs):
+        return (f"{spec.kind} needs a shapes reference archive with ground-truth attributes "
+                "(langfree data shapes ...): real images with the prompt's attributes are its scale")
+    by_combo: dict[tuple, list[int]] = {}
+    for i, a in enumerate(ref_attrs):
+        by_combo.setdefault(tuple(a[k] for k in JUDGED), []).append(i)
+    prompts = balanced_prompts(count, ctx.seed, {k: list(ATTRIBUTES[k]) for k in JUDGED})
+    seeds = [ctx.seed + s for s in range(SEEDS_PER_PROMPT)]
+    cond = _encode_texts(ctx.encoder, [p for p, _ in prompts])                   # [P, D]
+    groups = []
+    for (text, attrs), c in zip(prompts, cond):
+        with torch.no_grad():
+            rows = Conditions(prompts=[text] * len(seeds),
+                              embeddings=c[None].expand(len(seeds), -1).to(ctx.device))
+            fake = to_uint8(ctx.generate(rows, seeds))
+        real_idx = by_combo.get(tuple(attrs[k] for k in JUDGED), [])[:SEEDS_PER_PROMPT]
+        groups.append({"prompt": text, "fake": fake,
+                       "real": ref.images(real_idx) if real_idx else None,
+                       "real_attrs": [ref_attrs[i] for i in real_idx]})
+    backgrounds = sorted({a["background"] for a in ref_attrs if "background" in a})
+    cache[count] = {"groups": groups, "backgrounds": backgrounds, "seeds": seeds}
+    return cache[count]
+
+
+def _embed(ctx: EvalContext, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return ctx.encoder.encode_image(images.float().to(ctx.device) / 127.5 - 1).float().cpu()
+
+
+def metric_diversity(ctx: EvalContext, spec: MetricSpec) -> dict:
+    """Per prompt: mean pairwise |pixel difference| (in [0, 1]) of its 16 seeds over the same for
+    the real images with its attributes; ``value`` is the mean ratio (1 = as varied as the data).
+    ``embedding_value``: the same ratio with cosine distance of encoder image embeddings."""
+    data = _seed_groups(ctx, spec)
+    if isinstance(data, str):
+        return unavailable(data)
+    usable = [g for g in data["groups"] if g["real"] is not None and len(g["real"]) >= 2]
+    if not usable:
+        return unavailable("no prompt has two or more real reference images with its attributes; "
+                           "use a larger shapes reference archive")
+    pix = div.diversity_ratio([div.pairwise_pixel_distance(g["fake"]) for g in usable],
+                              [div.pairwise_pixel_distance(g["real"]) for g in usable])
+    emb = div.diversity_ratio([div.pairwise_embedding_distance(_embed(ctx, g["fake"])) for g in usable],
+                              [div.pairwise_embedding_distance(_embed(ctx, g["real"])) for g in usable])
+    return {"value": pix["value"], "metric": "mean |pixel difference| in [0, 1], pairs of seeds",
+            "generated_distance": pix["generated_distance"], "real_distance": pix["real_distance"],
+            "per_prompt": [round(r, 4) for r in pix["per_prompt"]],
+            "embedding_value": emb["value"], "embedding_metric": "1 - cos(image embeddings)",
+            "encoder": ctx.encoder.spec, "prompts": len(usable), "seeds": data["seeds"],
+            "real_per_prompt": sum(len(g["real"]) for g in usable) / len(usable), "num": spec.num}
+
+
+def metric_unprompted_coverage(ctx: EvalContext, spec: MetricSpec) -> dict:
+    """Background colour (no prompt names it): share of the data's backgrounds among a prompt's
+    16 seeds, mean over prompts. Background read from the border pixels (nearest palette colour);
+    ``classifier_accuracy_real`` checks that reading on the reference images used, and
+    ``real_value`` is the same coverage for those real images (at most 16 per prompt)."""
+    from langfree.data.shapes import BACKGROUNDS_RGB
+
+    data = _seed_groups(ctx, spec)
+    if isinstance(data, str):
+        return unavailable(data)
+    values = data["backgrounds"]
+    if not values:
+        return unavailable("the reference archive records no background colours")
+    fake_cov, real_cov, right, total = [], [], 0, 0
+    for g in data["groups"]:
+        fake_cov.append(div.coverage(div.classify_background(g["fake"], BACKGROUNDS_RGB), values))
+        if g["real"] is not None:
+            read = div.classify_background(g["real"], BACKGROUNDS_RGB)
+            right += sum(r == a["background"] for r, a in zip(read, g["real_attrs"]))
+            total += len(read)
+            real_cov.append(div.coverage([a["background"] for a in g["real_attrs"]], values))
+    return {"value": sum(fake_cov) / len(fake_cov), "attributes": ["background"],
+            "data_values": values, "seeds": data["seeds"], "prompts": len(fake_cov),
+            "real_value": sum(real_cov) / len(real_cov) if real_cov else None,
+            "classifier": "median border colour, nearest palette entry",
+            "classifier_accuracy_real": right / total if total else None, "num": spec.num}
+
+
+def metric_pr(ctx: EvalContext, spec: MetricSpec) -> dict:
+    """Improved precision/recall (k = 3) between ``num`` generated images (conditions as FID's)
+    and the first ``num`` reference images, on the FID extractor's features."""
+    real = ctx.real_features()["features"][:spec.num]
+    fake = ctx.generated(spec.num)["features"]
+    precision, recall = div.precision_recall(real, fake, PR_K)
+    common = _distribution_common(ctx, spec)
+    return {"value": precision, "precision": precision, "recall": recall, "k": PR_K,
+            **common, "num_real": len(real)}
+
+
 METRICS: dict[str, Callable[[EvalContext, MetricSpec], dict]] = {
     "fid": metric_fid, "kid": metric_kid, "is": metric_is, "clip_score": metric_clip_score,
     "r_precision": metric_r_precision, "attribute_accuracy": metric_attribute_accuracy,
+    "diversity": metric_diversity, "unprompted_coverage": metric_unprompted_coverage,
+    "pr": metric_pr,
 }
-_WANTS = {"fid": {"features"}, "kid": {"features"}, "is": {"features"},
+_WANTS = {"fid": {"features"}, "kid": {"features"}, "is": {"features"}, "pr": {"features"},
           "clip_score": {"image_emb"}, "r_precision": {"image_emb"}}
 
 

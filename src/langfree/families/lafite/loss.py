@@ -1,6 +1,7 @@
 """LAFITE losses (paper §3.3, official training/loss.py): one function per phase.
 
   G:    softplus(-D(G(z, h), h)) + itc·C(CLIP(view(G(z, h))), h) + itd·C(f_s(G(z, h)), h)
+        [+ ms·mode_seeking_loss(G(z, h), G(z', h)), MSGAN, when mode_seeking_weight > 0]
   Greg: path length (StyleGAN2), weight pl_weight, every g_reg_interval steps
   D:    softplus(D(G(z, h), h)) + softplus(-D(x, h)) + itd·C(f_s(x), h)
   Dreg: R1 γ/2·|∇_x D(x, h)|², every d_reg_interval steps
@@ -130,6 +131,22 @@ def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor,
                             config.contrastive_lambda, negatives)
 
 
+MEAN_ABS_GAUSSIAN_DIFF = 2 / math.sqrt(math.pi)  # E|z - z'| per component, z, z' ~ N(0, 1)
+
+
+def mode_seeking_loss(img_a: torch.Tensor, img_b: torch.Tensor, z_a: torch.Tensor,
+                      z_b: torch.Tensor, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinged MSGAN term for pairs that share a condition: img [M, 3, R, R] in [-1, 1], z [M, Z].
+
+    ratio = d_img / (d_z / E[d_z]), d_img = mean |img_a - img_b| / 2 (pixels in [0, 1] units),
+    d_z = mean |z_a - z_b|. Returns (loss = -min(ratio, target), ratio detached): the gradient
+    is constant while two seeds differ less than ``target``, zero once they differ as much."""
+    d_img = (img_a - img_b).abs().mean() / 2
+    d_z = (z_a - z_b).abs().mean() / MEAN_ABS_GAUSSIAN_DIFF
+    ratio = d_img / d_z.clamp(min=1e-8)
+    return -ratio.clamp(max=target), ratio.detach()
+
+
 def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h: torch.Tensor,
                    negatives: torch.Tensor | None = None,
                    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -153,6 +170,13 @@ def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h:
         itd = _contrastive(config, f_s, h, negatives)
         loss = loss + config.d_contrastive_weight * itd
         stats["G/itd"] = itd.detach()
+    if config.mode_seeking_weight > 0:
+        M = min(config.mode_seeking_batch, h.shape[0])
+        z2 = torch.randn(M, config.z_dim, device=h.device)                  # [M, z]
+        fake2 = _generate(config, G, z2, h[:M])                               # [M, 3, R, R]
+        ms, ratio = mode_seeking_loss(fake[:M], fake2, z[:M], z2, config.mode_seeking_target)
+        loss = loss + config.mode_seeking_weight * ms
+        stats["G/seed_distance"] = ratio
     return loss, stats, fake.detach()
 
 
