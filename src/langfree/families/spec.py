@@ -26,6 +26,21 @@ def resolve(target: str | Callable | None) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def fit_resolution(data: dict, ctx: Any) -> dict:
+    """A ``configure`` step most image families share: the config takes the archive's
+    resolution; a preset made for another resolution is refused unless ``--set resolution=``
+    says otherwise."""
+    resolution = ctx.archive.resolution
+    overridden = any(o.startswith("resolution=") for o in ctx.request.overrides)
+    if ctx.preset is None:
+        data["resolution"] = resolution
+    elif data["resolution"] != resolution and not overridden:
+        raise ValueError(f"the archive is {resolution} px but preset {ctx.preset!r} is "
+                         f"{data['resolution']} px; use an archive at {data['resolution']} px or "
+                         f"pass --set resolution={resolution}")
+    return data
+
+
 @dataclass(frozen=True)
 class Flag:
     """A family option of ``langfree train FAMILY``.

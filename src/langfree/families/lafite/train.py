@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langfree.families.spec import Flag, TrainSpec
+from langfree.families.spec import Flag, TrainSpec, fit_resolution
 
 
 def perturb_option(value: str) -> dict:
@@ -27,14 +27,7 @@ def perturb_option(value: str) -> dict:
 def configure(data: dict, ctx: Any) -> dict:
     """The archive's resolution (a preset at another resolution is refused) and the encoder's
     embedding width."""
-    resolution = ctx.archive.resolution
-    overridden = any(o.startswith("resolution=") for o in ctx.request.overrides)
-    if ctx.preset is None:
-        data["resolution"] = resolution
-    elif data["resolution"] != resolution and not overridden:
-        raise ValueError(f"the archive is {resolution} px but preset {ctx.preset!r} is "
-                         f"{data['resolution']} px; use an archive at {data['resolution']} px or "
-                         f"pass --set resolution={resolution}")
+    data = fit_resolution(data, ctx)
     if ctx.encoder is not None:
         data["c_dim"] = ctx.encoder.embed_dim
     return data

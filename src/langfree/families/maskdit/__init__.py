@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langfree.families.spec import Flag, TrainSpec
+from langfree.families.spec import Flag, TrainSpec, fit_resolution
 
 
 def configure(data: dict, ctx: Any) -> dict:
@@ -23,14 +23,7 @@ def configure(data: dict, ctx: Any) -> dict:
     config (a missing --vae fails here, before anything is loaded)."""
     from langfree.families.vae.latent_space import vae_geometry
 
-    resolution = ctx.archive.resolution
-    overridden = any(o.startswith("resolution=") for o in ctx.request.overrides)
-    if ctx.preset is None:
-        data["resolution"] = resolution
-    elif data["resolution"] != resolution and not overridden:
-        raise ValueError(f"the archive is {resolution} px but preset {ctx.preset!r} is "
-                         f"{data['resolution']} px; use an archive at {data['resolution']} px or "
-                         f"pass --set resolution={resolution}")
+    data = fit_resolution(data, ctx)
     if ctx.encoder is not None:
         data["cond_dim"] = ctx.encoder.embed_dim
     vae = _given_vae(ctx.request) or data.get("vae")

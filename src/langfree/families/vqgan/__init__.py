@@ -12,19 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from langfree.families.spec import Flag, TrainSpec
+from langfree.families.spec import Flag, TrainSpec, fit_resolution
 
 
 def configure(data: dict, ctx: Any) -> dict:
     """The archive's resolution (a preset at another resolution is refused)."""
-    resolution = ctx.archive.resolution
-    overridden = any(o.startswith("resolution=") for o in ctx.request.overrides)
-    if ctx.preset is None:
-        data["resolution"] = resolution
-    elif data["resolution"] != resolution and not overridden:
-        raise ValueError(f"the archive is {resolution} px but preset {ctx.preset!r} is "
-                         f"{data['resolution']} px; use an archive at {data['resolution']} px or "
-                         f"pass --set resolution={resolution}")
+    data = fit_resolution(data, ctx)
     return data
 
 
