@@ -5,11 +5,21 @@ tokenizer's size; filled from it); 256 text tokens → ``text_len``; 8 192 codes
 and 32×32 → ``image_grid`` (both filled from the VQGAN); ``null_cond_prob`` → caption dropout to
 the null (all-pad) text for classifier-free guidance; ``filter_thres`` → top-k keeping the
 ``(1 - filter_thres)`` share of the image vocabulary; ``cond_scale`` → ``guidance_scale``.
+
+Conditioning (``condition``): "text" is the paper's [BOS, text tokens, image tokens]; "clip" is
+language-free (CLIP-GEN, Wang et al. 2022, on VQGAN + GPT; LAFITE's pseudo text features): the
+prefix is ``prefix_tokens`` tokens linearly projected from an L2-normalised CLIP embedding h
+(``clip_dim`` = the encoder's width), trained on the image's own embedding perturbed as
+LAFITE-G does, h̃ = normalize(î + ξ·ε̂) with ξ = ``clip_noise`` (ε̂ a random unit direction),
+and sampled from the prompt's text embedding t̂. The null condition for guidance is the zero
+embedding (its prefix is the projection's bias). No captions, no tokenizer, no text loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+
+CONDITIONS = ("text", "clip")
 
 
 @dataclass(frozen=True)
@@ -18,6 +28,14 @@ class DalleConfig:
     # VQGAN run/snapshot (``langfree train vqgan`` or ``langfree convert taming-ckpt``)
     tokenizer: str | None = None
     vqgan: str | None = None
+    # "text": BPE caption tokens; "clip": language-free CLIP-embedding prefix (module docstring)
+    condition: str = "text"
+    # clip mode: K prefix tokens from the embedding; clip_dim is filled from the encoder;
+    # clip_noise ξ: official LAFITE-G 0.75/0.25 = 3 (cos(h̃, î) ≈ 0.32, pretrained CLIP's gap);
+    # a small CLIP with cos(t̂, î) = c wants ξ = sqrt(1/c² - 1) (lafite noise_for_cosine(c, 1))
+    prefix_tokens: int = 4
+    clip_dim: int = 512
+    clip_noise: float = 3.0
     # tokens (text_vocab / image_vocab / image_grid are filled from the tokenizer and VQGAN)
     text_vocab: int = 16384
     text_len: int = 256
@@ -33,7 +51,7 @@ class DalleConfig:
     # objective: (CE_text + image_loss_weight·CE_image) / (1 + image_loss_weight), paper 7
     image_loss_weight: float = 7.0
     bpe_dropout: float = 0.1  # training only, never at generation
-    null_cond_prob: float = 0.1  # caption dropout for classifier-free guidance
+    null_cond_prob: float = 0.1  # caption (clip: embedding) dropout for classifier-free guidance
     # code sets per image in the sidecar: the plain image + (augment_sets - 1) paper crops
     # (augment.py; 0 or 1 = the plain image only)
     augment_sets: int = 4
@@ -49,7 +67,13 @@ class DalleConfig:
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
-        for name in ("text_vocab", "text_len", "image_vocab", "image_grid", "depth"):
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}, got "
+                             f"{self.condition!r}")
+        if self.clip_noise < 0:
+            raise ValueError(f"clip_noise must be >= 0, got {self.clip_noise}")
+        for name in ("text_vocab", "text_len", "image_vocab", "image_grid", "depth",
+                     "prefix_tokens", "clip_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.bpe_dropout < 1.0 or not 0.0 <= self.null_cond_prob <= 1.0:
@@ -58,6 +82,16 @@ class DalleConfig:
     @property
     def image_tokens(self) -> int:
         return self.image_grid ** 2
+
+    @property
+    def prefix_len(self) -> int:
+        """Positions before the first image token: [BOS, text] or the K embedding tokens."""
+        return self.text_len + 1 if self.condition == "text" else self.prefix_tokens
+
+    @property
+    def seq_len(self) -> int:
+        """Positions the transformer runs over: the prefix + all image tokens but the last."""
+        return self.prefix_len + self.image_tokens - 1
 
 
 PRESETS: dict[str, DalleConfig] = {

@@ -11,6 +11,12 @@ Frozen parts: the VQGAN is a reference (spec + digest); the tokenizer travels as
 ``tokenizer.json``. Sampling: ``conditions.prompts`` → BPE ids (no dropout) → cached
 autoregressive codes (sampler.py) → VQGAN decode; with ``rerank`` N > 1, N candidates per
 prompt scored by the encoder.
+
+Language-free (``condition="clip"``, config.py): data ``image_emb`` (the engine's features
+sidecar, as LAFITE) + ``image_codes``, no captions and no tokenizer; the loss conditions on
+LAFITE-G pseudo text features of the image embedding (loss.clip_condition) and is CE_image
+only. Sampling reads ``conditions.embeddings`` (the prompt's text embedding, or a reference
+image's image embedding); the null row for guidance is the zero embedding.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from langfree.families.dalle import sampler as S
 from langfree.families.dalle.augment import augmented_views
 from langfree.families.dalle.bpe import CaptionTokenizer
 from langfree.families.dalle.config import DalleConfig, DalleSampleOptions
-from langfree.families.dalle.loss import dalle_loss, training_text
+from langfree.families.dalle.loss import clip_condition, dalle_loss, training_text
 from langfree.families.dalle.transformer import DalleTransformer
 from langfree.families.vqgan.family import VQGAN_HINT, load_vqgan
 
@@ -94,8 +100,9 @@ class DalleFamily:
             raise ValueError(f"the DALL·E model has no VQGAN loaded: {VQGAN_HINT}")
         return self.vqgan
 
-    def _require(self) -> tuple[CaptionTokenizer, nn.Module]:
-        if self.tokenizer is None:
+    def _require(self) -> tuple[CaptionTokenizer | None, nn.Module]:
+        """(tokenizer — None in clip mode, which has none —, VQGAN), or a ValueError."""
+        if self.tokenizer is None and self.config.condition == "text":
             raise ValueError("the DALL·E model has no tokenizer loaded: pass --tokenizer "
                              "tokenizer.json or a snapshot that carries one")
         return self.tokenizer, self._require_vqgan()
@@ -132,6 +139,8 @@ class DalleFamily:
     # ------------------------------------------------------------------ structure
     @property
     def needs(self) -> frozenset[str]:
+        if self.config.condition == "clip":  # language-free: the encoder's image features only
+            return frozenset({"image_emb", "image_codes"})
         return frozenset({"captions", "image_codes"})
 
     def modules(self) -> dict[str, nn.Module]:
@@ -185,27 +194,44 @@ class DalleFamily:
              progress: Progress) -> LossOutput:
         if phase.name != "main":
             raise ValueError(f"DALL·E has no phase {phase.name!r}")
-        if self.tokenizer is None:
-            self._require()
         codes = self.codes(batch)
-        text = training_text(self.tokenizer, list(batch["caption"]), self.config, codes.device)
-        loss, stats = dalle_loss(nets["transformer"], text, codes, self.config.image_loss_weight)
+        if self.config.condition == "clip":
+            cond = clip_condition(batch["image_emb"].to(codes.device), self.config)  # (B, D)
+        else:
+            if self.tokenizer is None:
+                self._require()
+            cond = training_text(self.tokenizer, list(batch["caption"]), self.config,
+                                 codes.device)  # (B, L)
+        loss, stats = dalle_loss(nets["transformer"], cond, codes, self.config.image_loss_weight)
         return LossOutput(loss, stats)
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def sample_codes(self, prompts: list[str], seeds: list[int],
-                     options: DalleSampleOptions | None = None) -> torch.Tensor:
-        """Prompts + one seed each -> codes [B, N] from the EMA transformer."""
+    def prefix_conditions(self, conditions: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditions -> (one prefix condition per row, the null condition): text mode BPE ids
+        [B, L] (no dropout) and the all-pad null text [L]; clip mode the rows' embeddings
+        [B, D] and the zero embedding [D]."""
+        if self.config.condition == "clip":
+            emb = conditions.require_embeddings("DALL·E (condition clip)").float()
+            if emb.shape[1] != self.config.clip_dim:
+                raise ValueError(f"the embeddings are {emb.shape[1]}-d, the model was trained on "
+                                 f"{self.config.clip_dim}-d ones: use the encoder it was trained "
+                                 "with")
+            return emb, torch.zeros(emb.shape[1])
         tok = self._require()[0]
+        L = self.config.text_len
+        return tok.encode(conditions.require_prompts("DALL·E"), L), tok.encode([""], L)[0]
+
+    @torch.no_grad()
+    def sample_codes(self, cond: torch.Tensor, null: torch.Tensor, seeds: list[int],
+                     options: DalleSampleOptions | None = None) -> torch.Tensor:
+        """Prefix conditions [B, ...] (``prefix_conditions``) + one seed each -> codes [B, N]
+        from the EMA transformer."""
         net = self.transformer_ema
         device = next(net.parameters()).device
         was = net.training
         net.eval()
-        L = self.config.text_len
-        text = tok.encode(prompts, L).to(device)
-        null = tok.encode([""], L)[0].to(device)
-        out = [S.sample_codes(net, text[i:i + SAMPLE_BATCH], null, seeds[i:i + SAMPLE_BATCH],
+        cond, null = cond.to(device), null.to(device)
+        out = [S.sample_codes(net, cond[i:i + SAMPLE_BATCH], null, seeds[i:i + SAMPLE_BATCH],
                               options) for i in range(0, len(seeds), SAMPLE_BATCH)]
         net.train(was)
         return torch.cat(out)
@@ -213,20 +239,20 @@ class DalleFamily:
     @torch.no_grad()
     def sample(self, conditions: Any, seeds: list[int],
                options: DalleSampleOptions | None = None) -> torch.Tensor:
-        """``conditions.prompts`` + one seed each -> [B, 3, H, W] in [-1, 1]; with rerank N the
-        best of N candidates (seeds ``candidate_seed(seed, c)``) by encoder similarity."""
+        """Conditions (text mode: ``prompts``; clip mode: ``embeddings``) + one seed each ->
+        [B, 3, H, W] in [-1, 1]; with rerank N the best of N candidates (seeds
+        ``candidate_seed(seed, c)``) by encoder similarity."""
         options = options or DalleSampleOptions()
-        prompts = conditions.require_prompts("DALL·E")
-        if len(seeds) != len(prompts):
-            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} rows: one seed per row")
+        if len(seeds) != len(conditions):
+            raise ValueError(f"{len(seeds)} seeds for {len(conditions)} rows: one seed per row")
         vq = self._require()[1]
+        cond, null = self.prefix_conditions(conditions)
         n = options.rerank
         if n > 1 and self.encoder is None:
             raise ValueError("rerank > 1 scores candidates with the encoder, but none is loaded: "
                              "pass --encoder SPEC or rerank=1")
-        rows = [p for p in prompts for _ in range(n)]
         cand = [S.candidate_seed(int(s), c) for s in seeds for c in range(n)]
-        codes = self.sample_codes(rows, cand, options)
+        codes = self.sample_codes(cond.repeat_interleave(n, 0), null, cand, options)
         device = next(vq.parameters()).device
         # one image per decode: conv kernels pick their blocking by batch size, so a batched
         # decode would make pixels differ (~1e-6) with the batch an image happens to be in
@@ -235,9 +261,10 @@ class DalleFamily:
             return images
         emb = getattr(conditions, "embeddings", None)
         if emb is None:
-            emb = self.encoder.encode_text(prompts)
+            emb = self.encoder.encode_text(conditions.require_prompts("DALL·E"))
         best = S.rerank(self.encoder, images, emb, n)  # (B,)
-        return images.view(len(prompts), n, *images.shape[1:])[torch.arange(len(prompts)), best]
+        B = len(conditions)
+        return images.view(B, n, *images.shape[1:])[torch.arange(B), best]
 
 
 def tokenizer_for_archive(archive_path: str | Path, vocab: int) -> Path:

@@ -12,7 +12,14 @@ predict image codes, so sampling can never emit a text id inside the image (no l
 Sequence and targets (training): input [BOS, t_0..t_{L-1}, c_0..c_{N-2}] (L + N tokens),
 targets [t_0..t_{L-1}, c_0..c_{N-1}].
 
-KV cache: ``KVCache`` preallocates [B, H, L + N, Dh] keys/values per layer; the prefix is run
+Language-free (``condition="clip"``, config.py): the prefix is P = ``prefix_tokens`` vectors
+W·h + b reshaped to [P, D], h the L2-normalised CLIP embedding [D_clip] (the zero vector for
+the null condition, whose prefix is then b alone); no BOS, no text tables, no text head. Input
+[p_0..p_{P-1}, c_0..c_{N-2}], targets [c_0..c_{N-1}] read at positions P-1 .. P+N-2. The
+projection's bias doubles as the prefix's position embedding (a separate one would add nothing
+a bias cannot).
+
+KV cache: ``KVCache`` preallocates [B, H, P + N - 1, Dh] keys/values per layer; the prefix is run
 once (L + 1 tokens, causal mask inside it), then one token per step. Without it each of the N
 steps re-runs the whole prefix: N× the attention and MLP work (REFERENCE §4 measured 7× on a
 tiny model).
@@ -32,7 +39,7 @@ class KVCache:
     """Keys and values of every layer for positions [0, length), preallocated for the sequence."""
 
     def __init__(self, batch: int, cfg: DalleConfig, device, dtype=torch.float32) -> None:
-        shape = (batch, cfg.heads, cfg.text_len + cfg.image_tokens, cfg.dim // cfg.heads)
+        shape = (batch, cfg.heads, cfg.seq_len, cfg.dim // cfg.heads)
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.depth)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.depth)]
         self.length = 0
@@ -91,15 +98,19 @@ class DalleTransformer(nn.Module):
         super().__init__()
         self.config = cfg
         L, g = cfg.text_len, cfg.image_grid
-        self.bos = cfg.text_vocab + L  # id of BOS in the text embedding
-        self.text_emb = nn.Embedding(cfg.text_vocab + L + 1, cfg.dim)  # BPE, pads, BOS
-        self.text_pos = nn.Embedding(L + 1, cfg.dim)
+        if cfg.condition == "clip":
+            self.cond_proj = nn.Linear(cfg.clip_dim, cfg.prefix_tokens * cfg.dim)
+        else:
+            self.bos = cfg.text_vocab + L  # id of BOS in the text embedding
+            self.text_emb = nn.Embedding(cfg.text_vocab + L + 1, cfg.dim)  # BPE, pads, BOS
+            self.text_pos = nn.Embedding(L + 1, cfg.dim)
         self.image_emb = nn.Embedding(cfg.image_vocab, cfg.dim)
         self.image_row = nn.Embedding(g, cfg.dim)
         self.image_col = nn.Embedding(g, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.dim)
-        self.to_text = nn.Linear(cfg.dim, cfg.text_vocab + L)  # targets never include BOS
+        if cfg.condition == "text":  # registered here: the text mode's init order is unchanged
+            self.to_text = nn.Linear(cfg.dim, cfg.text_vocab + L)  # targets never include BOS
         self.to_image = nn.Linear(cfg.dim, cfg.image_vocab)
         self.apply(self._init)
 
@@ -112,7 +123,24 @@ class DalleTransformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     # -- embeddings ---------------------------------------------------------------------------
-    def embed_prefix(self, text: torch.Tensor) -> torch.Tensor:
+    def embed_prefix(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition -> prefix embeddings [B, P, D]: text ids [B, L] -> [BOS, text]
+        (P = L + 1); clip mode: embeddings [B, D_clip] (unit, or zero = null) -> P tokens."""
+        if self.config.condition == "clip":
+            return self.embed_clip(cond)
+        return self.embed_text(cond)
+
+    def embed_clip(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, D_clip] -> [B, P, D]. Normalised here too (the zero null stays zero)."""
+        cfg = self.config
+        if h.ndim != 2 or h.shape[1] != cfg.clip_dim or not h.is_floating_point():
+            raise ValueError(f"the clip prefix takes float embeddings [B, {cfg.clip_dim}], got "
+                             f"{h.dtype} {list(h.shape)}; condition with the encoder the model "
+                             "was trained with")
+        h = F.normalize(h.to(self.cond_proj.weight.dtype), dim=-1)  # (B, D_clip)
+        return rearrange(self.cond_proj(h), "b (p d) -> b p d", p=cfg.prefix_tokens)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         """text [B, L] ids -> [BOS, text] embeddings [B, L + 1, D]."""
         B, L = text.shape
         if L != self.config.text_len:
@@ -135,14 +163,16 @@ class DalleTransformer(nn.Module):
             cache.length += x.shape[1]
         return self.ln_f(x)
 
-    def forward(self, text: torch.Tensor, codes: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing. text [B, L], codes [B, N] -> (text logits [B, L, V+L],
-        image logits [B, N, K]); position i predicts token i of its stream."""
+    def forward(self, cond: torch.Tensor, codes: torch.Tensor
+                ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Teacher forcing. cond (text [B, L] ids, or clip embeddings [B, D_clip]), codes
+        [B, N] -> (text logits [B, L, V+L] or None in clip mode, image logits [B, N, K]);
+        position i predicts token i of its stream."""
         N = self.config.image_tokens
         if codes.shape[1] != N:
             raise ValueError(f"codes have {codes.shape[1]} tokens per image, the model {N}")
-        x = torch.cat([self.embed_prefix(text), self.embed_image(codes[:, :-1])], 1)  # (B, L+N, D)
+        x = torch.cat([self.embed_prefix(cond), self.embed_image(codes[:, :-1])], 1)  # (B, P+N-1, D)
         h = self.run(x)
-        L = self.config.text_len
-        return self.to_text(h[:, :L]), self.to_image(h[:, L:])
+        P = self.config.prefix_len
+        text_logits = self.to_text(h[:, :P - 1]) if self.config.condition == "text" else None
+        return text_logits, self.to_image(h[:, P - 1:])
