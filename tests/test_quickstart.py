@@ -2,6 +2,7 @@
 promises, the generator's archive holds no captions, and a rerun reuses finished stages."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,18 @@ from langfree.data.archive import ImageArchive
 from langfree.quickstart import SMOKE_PLAN
 
 
-def test_quickstart_smoke_writes_report_and_grid(tmp_path):
-    out = tmp_path / "qs"
+@pytest.fixture(scope="module")
+def lafite_smoke(tmp_path_factory):
+    """One LAFITE smoke quickstart (the default family); the maskdit test reuses its data, CLIP
+    and evaluator as a second family in the same outdir would."""
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
     result = CliRunner().invoke(app, ["quickstart", "--outdir", str(out), "--smoke"])
     assert result.exit_code == 0, result.output
+    return out
+
+
+def test_quickstart_smoke_writes_report_and_grid(lafite_smoke):
+    out = lafite_smoke
     report = json.loads((out / "report.json").read_text())
     acc = report["attribute_accuracy"]
     for key in ("color", "shape", "size", "position", "overall"):
@@ -48,3 +57,37 @@ def test_quickstart_smoke_writes_report_and_grid(tmp_path):
     assert (out / "clip" / "encoder.safetensors").stat().st_mtime_ns == before
     again = json.loads((out / "report.json").read_text())
     assert again["attribute_accuracy"] == acc
+    assert again["family"] == "lafite"
+
+
+def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
+    """``--family maskdit``: the shared stages are reused, the family's stage trains a VAE and
+    MaskDiT on the image-only split, and the report has the same fields and bars."""
+    out = tmp_path / "qs"
+    for part in ("data", "clip", "evaluator"):
+        shutil.copytree(lafite_smoke / part, out / part)
+    before = (out / "clip" / "encoder.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["quickstart", "--family", "maskdit", "--outdir", str(out),
+                                      "--smoke"])
+    assert result.exit_code == 0, result.output
+    assert (out / "clip" / "encoder.safetensors").stat().st_mtime_ns == before  # shared stage reused
+    report = json.loads((out / "report.json").read_text())
+    lafite = json.loads((lafite_smoke / "report.json").read_text())
+    shared = {"attribute_accuracy", "attribute_ceiling_real_images", "r_precision", "fid",
+              "precision_recall", "diversity", "unprompted_coverage", "bars", "kimg", "minutes"}
+    assert shared <= set(report) and shared <= set(lafite)
+    assert set(report["bars"]) == set(lafite["bars"])
+    assert report["family"] == "maskdit" and "pseudo_text" not in report
+    assert report["vae"]["psnr"] is not None and report["vae_minutes"] >= 0
+    assert report["fid"]["sample_options"] == {"steps": 2, "guidance_scale": 1.0}
+    config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
+    assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
+    assert Path(config["config"]["vae"]).is_relative_to(out / "vae")
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (SMOKE_PLAN.grid_seeds * 32, SMOKE_PLAN.grid_prompts * 32)
+
+
+def test_quickstart_unknown_family_says_which_exist(tmp_path):
+    result = CliRunner().invoke(app, ["quickstart", "--family", "nope", "--outdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "lafite" in result.output and "maskdit" in result.output

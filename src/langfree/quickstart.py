@@ -1,22 +1,28 @@
 """The quickstart: the whole language-free pipeline on the embedded default, on a CPU.
 
-    shapes (3 disjoint seeds) -> small CLIP on captioned split -> LAFITE on the image-only
-    split (no captions anywhere in its archive) -> attribute evaluator -> report.json + grid.png
+    shapes (3 disjoint seeds) -> small CLIP on captioned split + attribute evaluator on the eval
+    split -> FAMILY on the image-only split (no captions anywhere in its archive) -> metrics ->
+    report.json + grid.png
 
-Each stage reuses its output when it is already there (a rerun after an interruption picks up
-where it stopped); the LAFITE stage makes the same ``langfree.training.run.train`` call that
-``langfree train lafite`` makes, so the quickstart exercises the real code path.
+Stages 1-3 and 5-6 are the same for every family; stage 4 is the family's ``FamilyStage``
+(``STAGES``: family name -> ``"module:attr"``, one line per family, resolved on use). A stage
+trains through the same ``langfree.training.run.train`` calls ``langfree train FAMILY`` makes,
+so the quickstart exercises the real code path. Each stage reuses its output when it is already
+there (a rerun after an interruption picks up where it stopped; families share stages 1-3 in
+one outdir).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from langfree.io import write_json
 
@@ -59,6 +65,89 @@ SMOKE_PLAN = QuickstartPlan(clip_images=600, gan_images=600, eval_images=1200, e
 # What a quickstart must reach (issue 9); report.json says which held.
 BARS = {"color": 0.90, "shape": 0.80, "position": 0.80, "diversity": 0.5,
         "unprompted_coverage": 0.75}
+
+
+@dataclass(frozen=True)
+class FamilyStage:
+    """Stage 4 of the quickstart for one family: train a generator language-free on the
+    image-only split and return the snapshot stages 5-6 evaluate.
+
+    train(ctx: StageContext) -> Path: prints its own stage line (``ctx.stages.start``), may add
+        fields to ``ctx.report`` (e.g. its minutes), returns the snapshot directory
+    plan / smoke_plan: the family's own sizes (a frozen dataclass), or None when the family's
+        sizes are fields of ``QuickstartPlan`` (LAFITE's ``gan_*``)
+    kimg_field: the field ``--kimg`` sets (of ``plan`` when there is one, else of
+        ``QuickstartPlan``)
+    """
+
+    train: str | Callable[[StageContext], Path]
+    plan: Any = None
+    smoke_plan: Any = None
+    kimg_field: str = "gan_kimg"
+
+    def plans(self, plan: QuickstartPlan, family_plan: Any, smoke: bool, kimg: float | None
+              ) -> tuple[QuickstartPlan, Any]:
+        """(QuickstartPlan, family plan) with the family's defaults and ``--kimg`` applied."""
+        if family_plan is None:
+            family_plan = self.smoke_plan if smoke else self.plan
+        if kimg is not None:
+            if family_plan is None:
+                plan = dataclasses.replace(plan, **{self.kimg_field: kimg})
+            else:
+                family_plan = dataclasses.replace(family_plan, **{self.kimg_field: kimg})
+        return plan, family_plan
+
+
+@dataclass
+class StageContext:
+    """What a family's stage 4 sees: the shared stages' outputs and the plans."""
+
+    out: Path
+    plan: QuickstartPlan
+    family_plan: Any
+    clip_zip: Path          # captioned split (the CLIP's)
+    images_zip: Path        # image-only split: what the family trains on
+    eval_zip: Path          # eval split (evaluator, metrics, held-out previews)
+    encoder_dir: Path       # the small CLIP
+    clip_metrics: dict
+    stages: Stages
+    log: Callable[[str], None]
+    report: dict = field(default_factory=dict)  # extra report.json fields from the stage
+    sample: dict = field(default_factory=dict)  # sampling options for stages 5-6 ({}: defaults)
+
+
+# Family name -> its FamilyStage ("module:attr"). One line per family.
+STAGES = {
+    "lafite": "langfree.quickstart:LAFITE_STAGE",
+    "maskdit": "langfree.families.maskdit.quickstart:STAGE",
+}
+
+
+def family_stage(name: str) -> FamilyStage:
+    from langfree.families.spec import resolve
+
+    if name not in STAGES:
+        raise ValueError(f"no quickstart for family {name!r}; families with one: "
+                         f"{', '.join(sorted(STAGES))}")
+    return resolve(STAGES[name])
+
+
+def train_once(request: Any) -> Path:
+    """``langfree.training.run.train(request)`` unless a finished run (``done.json``) is in its
+    outdir already; returns the final snapshot. For family stages."""
+    from langfree.checkpoint import list_snapshots
+    from langfree.training.run import train
+
+    outdir = Path(request.options.outdir)
+    runs = sorted(p for p in outdir.glob("*") if p.is_dir()) if outdir.exists() else []
+    for run in reversed(runs):
+        done = run / "done.json"
+        if done.exists():
+            return Path(json.loads(done.read_text())["snapshot"])
+    run_dir = train(request)
+    snapshot = list_snapshots(run_dir)[-1]
+    write_json(run_dir / "done.json", {"snapshot": str(snapshot)})
+    return snapshot
 
 
 class Stages:
@@ -177,7 +266,25 @@ def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan:
     return snapshot
 
 
-def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan) -> Path:
+def _lafite_stage(ctx: StageContext) -> Path:
+    plan = ctx.plan
+    pseudo = _pseudo_text_noise(ctx.encoder_dir, ctx.clip_zip, ctx.clip_metrics, plan)
+    ctx.log(f"    captions sit at cosine {pseudo['paired_cosine']} from their images under this CLIP: "
+            f"pseudo text features use image_noise {pseudo['image_noise']}")
+    ctx.stages.start(f"4/6 training LAFITE language-free on {plan.gan_images} images without captions "
+                     f"({plan.gan_kimg:g} kimg)")
+    t_gan = time.time()
+    snapshot = _train_lafite(ctx.images_zip, ctx.eval_zip, ctx.encoder_dir, ctx.out / "runs", plan,
+                             pseudo["image_noise"])
+    ctx.report.update(pseudo_text=pseudo, gan_minutes=round((time.time() - t_gan) / 60, 2))
+    return snapshot
+
+
+LAFITE_STAGE = FamilyStage(train=_lafite_stage)
+
+
+def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan,
+          options: Any = None) -> Path:
     from langfree.data.shapes import prompt_grid
     from langfree.sampling.conditions import build_conditions
     from langfree.sampling.generate import generate_grid, write_outputs
@@ -185,7 +292,7 @@ def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan) -
     prompts = [p for p, _ in prompt_grid(plan.grid_prompts)]
     seeds = list(range(plan.grid_seeds))
     conditions = build_conditions(encoder, prompts)
-    options = family.SampleOptions()
+    options = options if options is not None else family.SampleOptions()
     images = generate_grid(family, conditions, seeds, options)
     write_outputs(images, conditions, seeds, outdir / "samples", family=family.name,
                   snapshot=str(snapshot), options=options)
@@ -194,25 +301,31 @@ def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan) -
 
 
 def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartPlan(),
-                   log: Callable[[str], None] = print) -> dict:
-    """Run every stage; returns the report (also written to ``outdir/report.json``)."""
+                   log: Callable[[str], None] = print, family: str = "lafite",
+                   family_plan: Any = None) -> dict:
+    """Run every stage with ``family``'s stage 4 (``family_plan``: its sizes, default the
+    stage's ``plan``); returns the report (also written to ``outdir/report.json``)."""
     import torch
 
     from langfree.checkpoint import load_snapshot
     from langfree.encoders import load_encoder
+    from langfree.families.spec import resolve
     from langfree.metrics import compute_metrics
     from langfree.metrics.attributes import (
         load_attribute_evaluator,
     )
-    from langfree.sampling.conditions import options_dict
+    from langfree.sampling.conditions import options_dict, parse_sample_options
 
+    stage = family_stage(family)
+    if family_plan is None:
+        family_plan = stage.plan
     out = Path(outdir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     stages = Stages(log)
     R = plan.resolution
 
-    stages.start("1/6 drawing shapes: captioned split (CLIP), image-only split (LAFITE), eval split")
+    stages.start(f"1/6 drawing shapes: captioned split (CLIP), image-only split ({family}), eval split")
     clip_zip = _write_shapes_split(out / "data" / "clip-captioned.zip", plan.clip_images, R, CLIP_SEED, True)
     gan_zip = _write_shapes_split(out / "data" / "gan-images-only.zip", plan.gan_images, R, GAN_SEED, False)
     eval_zip = _write_shapes_split(out / "data" / "eval.zip", plan.eval_images, R, EVAL_SEED, True)
@@ -236,30 +349,25 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     ceiling = evaluator.ceiling
     log("    evaluator ceiling " + "  ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))
 
-    pseudo = _pseudo_text_noise(out / "clip", clip_zip, clip_metrics, plan)
-    log(f"    captions sit at cosine {pseudo['paired_cosine']} from their images under this CLIP: "
-        f"pseudo text features use image_noise {pseudo['image_noise']}")
-    stages.start(f"4/6 training LAFITE language-free on {plan.gan_images} images without captions "
-                 f"({plan.gan_kimg:g} kimg)")
-    t_gan = time.time()
-    snapshot = _train_lafite(gan_zip, eval_zip, out / "clip", out / "runs", plan,
-                             pseudo["image_noise"])
-    gan_minutes = (time.time() - t_gan) / 60
+    ctx = StageContext(out=out, plan=plan, family_plan=family_plan, clip_zip=clip_zip,
+                       images_zip=gan_zip, eval_zip=eval_zip, encoder_dir=out / "clip",
+                       clip_metrics=clip_metrics, stages=stages, log=log)
+    snapshot = resolve(stage.train)(ctx)
 
     stages.start("5/6 evaluating: attribute accuracy, R-precision, FID, precision/recall, "
                  "diversity and unprompted coverage")
     encoder = load_encoder(str(out / "clip"))
-    family = load_snapshot(snapshot, encoder=encoder)
+    model = load_snapshot(snapshot, encoder=encoder)
     names = {"attributes": f"attribute_accuracy{plan.attribute_samples}",
              "r_precision": f"r_precision{plan.r_precision_samples}",
              "fid": f"fid{plan.fid_samples}_full",
              "pr": f"pr{plan.fid_samples}3",
              "diversity": f"diversity{plan.diversity_samples}",
              "unprompted_coverage": f"unprompted_coverage{plan.diversity_samples}"}
-    options = family.SampleOptions()
+    options = parse_sample_options(model, dict(ctx.sample))  # {} = the family's defaults
 
     def generate(conditions, seeds):
-        return family.sample(conditions, seeds, options)
+        return model.sample(conditions, seeds, options)
 
     results = compute_metrics(list(names.values()), generate, encoder, eval_zip,
                               evaluator=evaluator, seed=plan.seed)
@@ -267,7 +375,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         result["sample_options"] = options_dict(options)
 
     stages.start("6/6 drawing grid.png from prompts")
-    grid = _grid(family, encoder, snapshot, out, plan)
+    grid = _grid(model, encoder, snapshot, out, plan, options)
 
     manifest = json.loads((snapshot / "manifest.json").read_text())
     acc = results[names["attributes"]]
@@ -280,14 +388,16 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         "diversity": _brief(results[names["diversity"]]),
         "unprompted_coverage": results[names["unprompted_coverage"]],
         "clip": clip_metrics,
-        "pseudo_text": pseudo,
+        **ctx.report,
+        "family": family,
         "kimg": manifest.get("kimg"),
-        "gan_minutes": round(gan_minutes, 2),
         "minutes": round(stages.minutes(), 2),
         "snapshot": str(snapshot),
         "grid": str(grid),
         "plan": plan.__dict__,
     }
+    if family_plan is not None:
+        report["family_plan"] = dataclasses.asdict(family_plan)
     figures = {**report["attribute_accuracy"], "diversity": report["diversity"].get("value"),
                "unprompted_coverage": report["unprompted_coverage"].get("value")}
     report["bars"] = {k: {"bar": bar, "value": figures.get(k),
