@@ -138,7 +138,7 @@ def test_run_training_turns_errors_into_one_line(tmp_path, capsys):
     from langfree.training.run import TrainRequest
 
     data = write_shapes(tmp_path / "s.zip", 16, 8, seed=0)
-    request = TrainRequest("tiny", data=data, encoder=None, options=_options(tmp_path, batch=8, batch_gpu=3))
+    request = TrainRequest("tiny", data=data, encoder=None, options=_options(tmp_path, batch=8))
     with pytest.raises(typer.Exit) as exit_info:
         run_request(request)
     assert exit_info.value.exit_code == 2
@@ -232,7 +232,7 @@ def test_lr_rampdown_is_a_half_cosine_over_the_last_fraction(tmp_path):
 def test_bad_options_are_clear_errors(tmp_path):
     with pytest.raises(TrainingError, match="lr_rampdown"):
         train(_family(), tiny_family.TinyDataset(), _options(tmp_path, lr_rampdown=1.5), {})
-    with pytest.raises(TrainingError, match="mixed_precision"):
+    with pytest.raises(TrainingError, match="mixed.precision"):
         train(_family(), tiny_family.TinyDataset(), _options(tmp_path, mixed_precision="fp16"), {})
     with pytest.raises(Exception, match="resume"):
         train(_family(), tiny_family.TinyDataset(), _options(tmp_path, resume="latest"), {})

@@ -31,3 +31,23 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
     text = json.dumps(data, indent=indent, default=str) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_writable(folder: str | os.PathLike, option: str) -> None:
+    """Raise PermissionError/OSError naming ``option`` and ``folder`` unless a file can be
+    created in ``folder`` (or, when it does not exist yet, in its nearest existing parent).
+    Tries a real write: ``os.access`` says yes to root on a read-only mount. Creates nothing
+    that outlives the call."""
+    folder = Path(folder)
+    base = next((d for d in (folder, *folder.parents) if d.exists()), Path("."))
+    if not base.is_dir():
+        raise NotADirectoryError(f"{option} {folder}: {base} is a file, not a folder; choose "
+                                 "another folder")
+    probe = base / f".langfree-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+    except OSError as exc:
+        raise type(exc)(f"{option} {folder}: cannot write in {base} ({exc.strerror}); "
+                        "choose a writable folder") from None
+    finally:
+        probe.unlink(missing_ok=True)

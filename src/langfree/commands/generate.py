@@ -48,6 +48,10 @@ def generate(
             options_in = [f"{k}={_json(v)}" for k, v in params.options.items()] + list(sample)
         if snapshot is None:
             _fail("pass a SNAPSHOT (or --from-png FILE)")
+        empty = [i + 1 for i, text in enumerate(prompt) if not text.strip()]
+        if empty:
+            _fail(f"--prompt {prompt[empty[0] - 1]!r} (prompt {empty[0]}) is empty; give the text "
+                  "to draw, or --image FILE for a variation of a picture")
         seed_list = parse_seeds(seeds)
         path = resolve_snapshot(snapshot)
         family = load_snapshot(path, encoder=encoder or "auto")
@@ -58,6 +62,9 @@ def generate(
                                 snapshot=str(path), options=options)
     except (SnapshotError, EncoderUnavailable, ConfigError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # full disk, read-only --outdir: write_outputs removed its files
+        _fail(f"cannot write {exc.filename or outdir}: {exc.strerror or exc}; no images were "
+              f"written to {outdir} (free space, or choose another --outdir)")
     typer.echo(f"wrote {len(written) - 1} images and {outdir / 'grid.png'}")
 
 

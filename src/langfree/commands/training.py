@@ -83,13 +83,22 @@ def request_from(family: str, values: dict[str, Any], spec: Any):
 
 def run_request(request: Any) -> Path | None:
     """Run a TrainRequest; errors the user can fix become one line and exit code 2."""
+    from langfree.training.options import TrainingInterrupted
     from langfree.training.run import train, user_errors
 
     try:
         _print_processes()
         return train(request)
+    except TrainingInterrupted as err:  # Ctrl-C: what was saved and the resume command
+        print(f"stopped: {err}", file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+    except OSError as err:  # full disk, read-only folder: snapshots and state are atomic
+        where = f"cannot write {err.filename}: {err.strerror}" if err.filename else str(err)
+        print(f"error: {where}; the run's last complete snapshot and state are kept (free "
+              "space or fix the permissions, then --resume)", file=sys.stderr, flush=True)
         raise typer.Exit(2) from None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ FORMAT = "langfree-archive"
 VERSION = 1
 METADATA = "dataset.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Member names of the official LAFITE / StyleGAN2-ADA dataset tools (read as image-only data).
+_OFFICIAL_NAME = re.compile(r"\d{5}/img\d{8}\.png")
 # A fixed timestamp makes archives byte-identical for identical inputs (same seed -> same file).
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -120,6 +123,12 @@ class ArchiveWriter:
                 self.tmp.unlink()
 
 
+def captioned_indices(archive: Any) -> list[int]:
+    """Indices of the images of ``archive`` (anything with ``len`` and ``captions(i)``) that
+    have at least one caption: what caption-trained parts use of a partly captioned archive."""
+    return [i for i in range(len(archive)) if archive.captions(i)]
+
+
 class ImageArchive:
     """Read an archive as a map-style torch dataset (works with ``torch.utils.data.DataLoader``).
 
@@ -149,6 +158,7 @@ class ImageArchive:
             files = sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES))
             if not files:
                 raise ArchiveError(f"{self.path} holds no images; rebuild it with 'langfree dataset'")
+            self._refuse_foreign(files, meta)
             self._records = [{"file": f, "source": f, "captions": []} for f in files]
             self.resolution = self._decode(files[0]).shape[0]
         self.has_captions = all(len(r["captions"]) > 0 for r in self._records)
@@ -171,6 +181,19 @@ class ImageArchive:
         except (ValueError, zipfile.BadZipFile, OSError) as e:
             raise ArchiveError(f"{self.path}: {METADATA} is corrupt ({e}); rebuild the archive") from e
         return meta if isinstance(meta, dict) else {}
+
+    def _refuse_foreign(self, files: list[str], meta: dict) -> None:
+        """A zip that is neither a langfree archive nor in the official LAFITE / StyleGAN2-ADA
+        layout (``00000/img00000000.png``, written by their dataset tools) holds images of any
+        size and name: refuse it with the command that converts it, instead of guessing the
+        resolution from its first image."""
+        if "labels" in meta or all(_OFFICIAL_NAME.fullmatch(f) for f in files):
+            return
+        dest = self.path.with_name(f"{self.path.stem}-archive.zip")
+        raise ArchiveError(
+            f"{self.path} is not a langfree archive (a zip of {len(files)} image(s), e.g. "
+            f"{files[0]}, without langfree's {METADATA}); convert it with 'langfree dataset "
+            f"{self.path} {dest} --resolution R' (R a power of two, e.g. 64)")
 
     def _langfree_records(self, meta: dict, names: set[str]) -> list[dict]:
         version = meta.get("version")

@@ -10,10 +10,12 @@ interrupted run loses at most one chunk; the sidecar itself appears atomically a
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,12 +102,18 @@ def build(archive, kind: str, fingerprint: str, chunk: ChunkFn, *, chunk_images:
     if chunk_images < 1:
         raise ValueError(f"chunk_images must be >= 1 (got {chunk_images})")
     partial = dest.with_name(dest.name + ".partial")
+    remove_stale_partials(archive.path, kind, keep=partial)
     stamp = {"fingerprint": fingerprint, "archive_digest": digest}
     if partial.is_dir() and _read_json(partial / "stamp.json") != stamp:
         shutil.rmtree(partial)  # chunks of another version of the archive: start over
     partial.mkdir(exist_ok=True)
     write_bytes(partial / "stamp.json", json.dumps(stamp).encode())
-    chunks = _chunks(archive, kind, chunk, partial, chunk_images, progress)
+    try:
+        chunks = _chunks(archive, kind, chunk, partial, chunk_images, progress)
+    except BaseException:  # a failure (or Ctrl-C) before any chunk completed leaves nothing
+        if not any(partial.glob("images-*.safetensors")):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     tensors = {k: torch.cat([c[k] for c in chunks]).contiguous() for k in chunks[0]} if chunks else {}
     if finish is not None:
         tensors = finish(tensors)
@@ -116,6 +124,20 @@ def build(archive, kind: str, fingerprint: str, chunk: ChunkFn, *, chunk_images:
     return dest
 
 
+def remove_stale_partials(archive_path: str | os.PathLike, kind: str, keep: Path | None = None) -> list[Path]:
+    """Remove the ``<archive>.<kind>-*.safetensors.partial/`` folders of interrupted builds
+    with another fingerprint (another encoder, VAE, settings) than ``keep``: only the build
+    being resumed keeps its chunks, so leftovers never accumulate beside the user's data."""
+    archive_path = Path(archive_path)
+    removed = []
+    pattern = f"{glob.escape(archive_path.stem)}.{kind}-*.safetensors.partial"
+    for folder in archive_path.parent.glob(pattern):
+        if folder.is_dir() and folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _chunks(archive, kind: str, chunk: ChunkFn, partial: Path, chunk_images: int,
             progress: bool | None) -> list[dict]:
     """Every chunk, reusing the ones a previous (interrupted) run saved in ``partial``."""
@@ -124,8 +146,12 @@ def _chunks(archive, kind: str, chunk: ChunkFn, partial: Path, chunk_images: int
     from tqdm.auto import tqdm
 
     n, out = len(archive), []
+    terminal = sys.stderr.isatty()
+    show = terminal if progress is None else progress
+    # a bar on a terminal; redirected, one plain line per chunk instead of carriage returns
+    lines = show and not terminal
     with tqdm(total=n, desc=f"{kind} {archive.path.name}", unit="img",
-              disable=None if progress is None else not progress) as bar:
+              disable=not (show and terminal), file=sys.stderr) as bar:
         for start in range(0, n, chunk_images):
             stop = min(start + chunk_images, n)
             chunk_file = partial / f"images-{start:09d}-{stop:09d}.safetensors"
@@ -140,6 +166,8 @@ def _chunks(archive, kind: str, chunk: ChunkFn, partial: Path, chunk_images: int
             partial.mkdir(exist_ok=True)  # another process finishing first may have removed it
             save_atomic(part, chunk_file)
             out.append(part)
+            if lines:
+                print(f"{kind} {archive.path.name}: {stop}/{n} images", file=sys.stderr, flush=True)
     return out
 
 

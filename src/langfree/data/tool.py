@@ -255,6 +255,17 @@ def _results(items: list[Item], resolution: int, transform: str, min_size: int |
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def check_resolution(resolution: int, option: str = "--resolution") -> None:
+    """Image families halve the image down to 4 px (StyleGAN blocks, VAE/VQGAN downsampling,
+    DiT patches), so an archive's side must be a power of two; checked here, where the size is
+    chosen, not when training fails later."""
+    if resolution < 4 or resolution & (resolution - 1):
+        lower = 1 << max(2, resolution.bit_length() - 1)
+        choice = f"{lower} or {2 * lower}" if resolution > 4 else "4"
+        raise DatasetError(f"{option} {resolution}: the image side must be a power of two >= 4 "
+                           f"(the networks halve it down to 4 px); use {choice}")
+
+
 # -- the tool --------------------------------------------------------------------------------
 def build_dataset(src: str | os.PathLike, dest: str | os.PathLike, resolution: int,
                   transform: str = "center-crop", max_images: int | None = None,
@@ -268,8 +279,7 @@ def build_dataset(src: str | os.PathLike, dest: str | os.PathLike, resolution: i
     src, dest = Path(src), Path(dest)
     if transform not in TRANSFORMS:
         raise DatasetError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
-    if resolution < 4:
-        raise DatasetError(f"resolution must be >= 4 px, got {resolution}")
+    check_resolution(resolution)
     if max_images is not None and max_images < 1:
         raise DatasetError(f"--max-images must be >= 1, got {max_images}")
     workers = workers or min(2, os.cpu_count() or 1)

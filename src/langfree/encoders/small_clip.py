@@ -168,18 +168,26 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _captioned_archive(archive_path, holdout: int):
-    from langfree.data.archive import ImageArchive
+    """(archive, indices of its captioned images): a partly captioned archive trains (and holds
+    out) on its captioned images only, saying how many."""
+    import sys
+
+    from langfree.data.archive import ImageArchive, captioned_indices
 
     archive = ImageArchive(archive_path, preload=True)
-    n = len(archive)
-    if not archive.has_captions:
-        missing = sum(1 for i in range(n) if not archive.captions(i))
-        raise ValueError(f"{archive.path}: {missing} of {n} images have no caption; the small CLIP "
-                         "trains on captioned data (e.g. 'langfree shapes DEST.zip')")
-    if n < 2 * holdout:
-        raise ValueError(f"{archive.path} holds {n} images; training with a held-out split of "
-                         f"{holdout} needs at least {2 * holdout} (use --holdout or a larger archive)")
-    return archive
+    n, captioned = len(archive), np.asarray(captioned_indices(archive), dtype=np.int64)
+    if len(captioned) == 0:
+        raise ValueError(f"{archive.path} has no captions (0 of {n} images have one); the small CLIP "
+                         "trains on image-caption pairs (captions as X.txt beside X.png in "
+                         "'langfree dataset', or 'langfree shapes DEST.zip')")
+    if len(captioned) < 2 * holdout:
+        raise ValueError(f"{archive.path} holds {len(captioned)} images with captions (of {n}); "
+                         f"training with a held-out split of {holdout} needs at least "
+                         f"{2 * holdout} (use --holdout or a larger archive)")
+    if len(captioned) < n:
+        print(f"{archive.path}: training on the {len(captioned)} of {n} images that have "
+              "captions", file=sys.stderr)
+    return archive, captioned
 
 
 class ArchiveSubset:
@@ -366,8 +374,8 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
 
     if steps < 1 or batch < 2:
         raise ValueError(f"steps must be >= 1 and batch >= 2 (got steps={steps}, batch={batch})")
-    archive = _captioned_archive(archive_path, holdout)
-    train_idx, eval_idx = _split(len(archive), holdout, seed)
+    archive, captioned = _captioned_archive(archive_path, holdout)
+    train_idx, eval_idx = (captioned[part] for part in _split(len(captioned), holdout, seed))
     if len(train_idx) < batch:
         raise ValueError(f"{archive.path}: {len(train_idx)} training images is less than one batch of {batch}")
     warmup = min(200, max(1, steps // 10)) if warmup is None else warmup
@@ -406,7 +414,8 @@ def train_small_clip(archive_path: str | os.PathLike, outdir: str | os.PathLike,
     encoder = family.as_encoder(spec=str(Path(outdir).resolve()))  # eval(), frozen
     metrics = retrieval_metrics(encoder, archive, eval_idx, seed=seed)
     metrics.update({"final_loss": family.last_loss, "steps": steps, "batch": batch, "seed": seed,
-                    "lr": lr, "train_images": len(train_idx), "train_seconds": round(seconds, 1),
+                    "lr": lr, "train_images": len(train_idx),
+                    "captioned_images": len(captioned), "archive_images": len(archive), "train_seconds": round(seconds, 1),
                     "images_per_second": round(steps * batch / seconds, 1),
                     "torch_threads": torch.get_num_threads()})
     train_info = {"archive": str(Path(archive_path).resolve()), "steps": steps, "batch": batch,

@@ -41,6 +41,28 @@ def fit_resolution(data: dict, ctx: Any) -> dict:
     return data
 
 
+def check_caption_mixing(mixing_prob: float, archive: Any) -> None:
+    """``--mixing_prob`` < 1 trains on real captions where an image has one (the others get
+    pseudo text features): refused only when no image of the archive has a caption; a partly
+    captioned archive is used, saying how many images have captions."""
+    if mixing_prob >= 1.0 or archive is None:
+        return
+    import sys
+
+    from langfree.data.archive import captioned_indices
+
+    n, captioned = len(archive), len(captioned_indices(archive))
+    if captioned == 0:
+        raise ValueError(f"--mixing_prob {mixing_prob} trains on real captions, but none of the "
+                         f"{n} images of {archive.path} has one; use --mixing_prob 1.0 "
+                         "(language-free, images only) or build the archive from images with "
+                         "X.txt captions (`langfree dataset SRC DEST.zip`)")
+    if captioned < n:
+        print(f"--mixing_prob {mixing_prob}: {captioned} of {n} images of {archive.path} have "
+              f"captions; the other {n - captioned} always train on pseudo text features",
+              file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class Flag:
     """A family option of ``langfree train FAMILY``.

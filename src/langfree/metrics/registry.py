@@ -151,16 +151,22 @@ class EvalContext:
         """Conditions [n, D] for samples 0..n-1 (None without an encoder), their prompts (None
         without captions), source."""
         if self._cond is None or len(self._cond[1] or self._cond[0]) < n:
+            from langfree.data.archive import captioned_indices
+
             ref = self._need_reference("conditions for generation")
             idx = [i % len(ref) for i in range(n)]
+            captioned = captioned_indices(ref)
             with torch.no_grad():
-                if ref.has_captions:
+                if captioned:  # a partly captioned archive: the captioned images' captions
                     from langfree.sampling.conditions import encode_texts
 
-                    caps = [ref.captions(j) for j in idx]
-                    prompts = [c[(i // len(ref)) % len(c)] for i, c in enumerate(caps)]
+                    caps = [ref.captions(captioned[i % len(captioned)]) for i in range(n)]
+                    prompts = [c[(i // len(captioned)) % len(c)] for i, c in enumerate(caps)]
                     cond = encode_texts(self.encoder, prompts) if self.encoder is not None else None
-                    self._cond = (cond, prompts, "captions")
+                    source = "captions" if len(captioned) == len(ref) else (
+                        f"captions of the {len(captioned)} of {len(ref)} reference images that "
+                        "have one")
+                    self._cond = (cond, prompts, source)
                 else:
                     encoder = self._encoder_or_fail("conditioning on reference images (the "
                                                     "archive has no captions)")
@@ -244,7 +250,8 @@ def _prompts_or_reason(ctx: EvalContext, spec: MetricSpec) -> tuple[list[str] | 
         return None, f"{spec.kind} needs an encoder"
     _, prompts, _ = ctx.conditions(spec.num)
     if prompts is None:
-        return None, f"{spec.kind} needs prompts: the reference archive has no captions"
+        return None, (f"{spec.kind} needs prompts: the reference archive {ctx.reference.path} "
+                      f"has no captions (0 of {len(ctx.reference)} images)")
     return prompts, ""
 
 
@@ -263,9 +270,10 @@ def metric_clip_score(ctx: EvalContext, spec: MetricSpec) -> dict:
     image_emb = ctx.generated(spec.num)["image_emb"]
     text_emb, _, _ = ctx.conditions(spec.num)
     cos = torch.nn.functional.cosine_similarity(image_emb, text_emb, dim=1)
+    _, _, source = ctx.conditions(spec.num)
     return {"value": float(100 * cos.clamp(min=0).mean()), "encoder": ctx.encoder.spec,
             "num_gen": spec.num, "definition": "100 * max(cos(image_emb, text_emb), 0), mean",
-            "seed": ctx.seed}
+            "conditions": source, "seed": ctx.seed}
 
 
 def metric_r_precision(ctx: EvalContext, spec: MetricSpec) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ def parse_seeds(text: str) -> list[int]:
         if hi < lo:
             raise ValueError(f"seeds {text!r}: range {part} runs backwards")
         seeds.extend(range(lo, hi + 1))
+    repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)
+    if repeated:  # one file per (row, seed): a repeated seed would overwrite its own image
+        raise ValueError(f"--seeds {text!r}: seed {', '.join(map(str, repeated))} given twice; "
+                         "each seed makes one image per prompt, list every seed once")
     return seeds
 
 
@@ -130,7 +135,30 @@ def write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int]
     """One PNG per (row, seed) + grid.png (rows = conditions, columns = seeds) + prompts.json,
     each PNG with its ``parameters`` chunk; prompts.json records the sampling options."""
     outdir = Path(outdir)
+    created = [d for d in (outdir, *outdir.parents) if not d.exists()]
     outdir.mkdir(parents=True, exist_ok=True)
+    new: list[Path] = []
+    try:
+        return _write_outputs(images, conditions, seeds, outdir, family, snapshot, options, new)
+    except OSError:  # full disk, read-only folder: remove this call's files, keep earlier ones
+        for path in new:
+            path.unlink(missing_ok=True)
+        for folder in created:  # innermost first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int], outdir: Path,
+                   family: str, snapshot: str, options: Any, new: list[Path]) -> list[Path]:
+    """``write_outputs``' files; ``new`` collects the ones that did not exist before."""
+
+    def save(path: Path, write) -> None:
+        existed = path.exists()
+        write(path)
+        if not existed:
+            new.append(path)
+
     R, S, _, H, W = images.shape
     opts = options_dict(options)
     written = []
@@ -141,12 +169,13 @@ def write_outputs(images: torch.Tensor, conditions: Conditions, seeds: list[int]
             grid[r * H:(r + 1) * H, s * W:(s + 1) * W] = pixels
             path = outdir / f"row{r:02d}-seed{seed:04d}.png"
             negative = conditions.negative_prompts[r] if conditions.negative_prompts else None
-            save_png(pixels, path, Parameters(conditions.prompts[r], int(seed), family,
-                                              str(snapshot), opts, negative))
+            params = Parameters(conditions.prompts[r], int(seed), family, str(snapshot), opts,
+                                negative)
+            save(path, lambda p, px=pixels, pa=params: save_png(px, p, pa))
             written.append(path)
-    save_png(grid, outdir / "grid.png")
+    save(outdir / "grid.png", lambda p: save_png(grid, p))
     index = {"rows": conditions.labels, "seeds": list(seeds), "family": family,
              "snapshot": str(snapshot), "sample_options": opts,
              "files": [[f"row{r:02d}-seed{seed:04d}.png" for seed in seeds] for r in range(R)]}
-    write_json(outdir / "prompts.json", index, indent=1)
+    save(outdir / "prompts.json", lambda p: write_json(p, index, indent=1))
     return written + [outdir / "grid.png"]

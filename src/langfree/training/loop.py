@@ -28,6 +28,7 @@ from langfree.training.ema import ema_beta, update_ema
 from langfree.training.options import (
     Processes,
     TrainingError,
+    TrainingInterrupted,
     TrainOptions,
     check_resume_config,
     full_config,
@@ -238,10 +239,26 @@ class _Loop:
                     self._save(now - run_start)
                 tick_start_nimg, tick_start_time = self.nimg, time.time()
                 maintenance = tick_start_time - now
+        except KeyboardInterrupt:
+            message = self._interrupted()
+            self.reporter.log(message)
+            raise TrainingInterrupted(message) from None
         finally:
             self.reporter.close()
             self.loader = None  # shuts DataLoader workers down now, not at garbage collection
         return self.run_dir
+
+    def _interrupted(self) -> str:
+        """What a Ctrl-C leaves: the last complete state (what --resume continues from)."""
+        states = st.list_states(self.run_dir)
+        where = f"interrupted at kimg {self.nimg / 1000:.3f} (step {self.step})"
+        if not states:
+            return (f"{where}; nothing saved yet in {self.run_dir} (the first snapshot and state "
+                    f"come after {self.opts['snap'] or 'the last'} tick(s)); start the run again")
+        kimg = json.loads((states[-1] / "progress.json").read_text())["nimg"] / 1000
+        return (f"{where}; saved: the state {states[-1]} and snapshots up to kimg {kimg:.3f} in "
+                f"{self.run_dir / 'snapshots'}; continue with `langfree train {self.family.name} "
+                f"--resume {self.run_dir}`")
 
     def lr_scale(self) -> float:
         """The schedule's learning-rate multiplier at the current image count."""

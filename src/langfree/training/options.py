@@ -13,6 +13,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on (bad options, non-finite values); the message says why/what to do."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT) stopped the loop; the message says what was saved and how to resume."""
+
+
 @dataclass
 class TrainOptions:
     outdir: str = "runs"
@@ -76,9 +80,10 @@ class Processes:
         return box[0]
 
 
-def resolve_options(family: Any, options: TrainOptions, procs: Processes) -> dict[str, Any]:
-    """Validated, fully resolved options (what config.json records)."""
-    batch, world = options.batch, procs.world
+def check_options(options: TrainOptions, world: int = 1) -> None:
+    """Refuse options that cannot run, naming the CLI option (``--tick`` sets ``tick_kimg``).
+    Called before anything is loaded or built (training/run.py) and again by the loop."""
+    batch = options.batch
     if batch <= 0 or batch % world:
         raise TrainingError(
             f"--batch {batch} must be a positive multiple of the process count {world}"
@@ -88,8 +93,31 @@ def resolve_options(family: Any, options: TrainOptions, procs: Processes) -> dic
         raise TrainingError(
             f"--batch-gpu {batch_gpu} must divide the per-process batch {batch // world}"
         )
-    if options.kimg <= 0 or options.tick_kimg <= 0:
-        raise TrainingError("--kimg and --tick-kimg must be positive")
+    for option, value in (("--kimg", options.kimg), ("--tick", options.tick_kimg)):
+        if not value > 0:
+            raise TrainingError(f"{option} {value:g}: must be positive (kimg = thousands of images)")
+    if options.snap < 0:
+        raise TrainingError(f"--snap {options.snap}: must be >= 0 (0 = a snapshot at the end only)")
+    if options.max_ticks is not None and options.max_ticks < 1:
+        raise TrainingError(f"--max-ticks {options.max_ticks}: must be >= 1")
+    if options.workers < 0:
+        raise TrainingError(f"--workers {options.workers}: must be >= 0")
+    if options.mixed_precision not in ("no", "bf16"):
+        raise TrainingError(f"--mixed-precision {options.mixed_precision!r}: use 'no' or 'bf16'")
+    if options.ema_kimg is not None and options.ema_decay is not None:
+        raise TrainingError("--ema-kimg and --ema-decay both given: an EMA is a half-life or a "
+                            "decay, pass one")
+    if options.resume and options.init_from:
+        raise TrainingError("--resume and --init-from both given: --resume continues a run "
+                            "(its weights, optimisers and data position); --init-from starts a "
+                            "new run from a snapshot's weights. Pass one.")
+
+
+def resolve_options(family: Any, options: TrainOptions, procs: Processes) -> dict[str, Any]:
+    """Validated, fully resolved options (what config.json records)."""
+    batch, world = options.batch, procs.world
+    check_options(options, world)
+    batch_gpu = options.batch_gpu or batch // world
     ema = resolve_ema(family, options, batch)
     schedule = resolve_schedule(family, options)
     return {
@@ -184,9 +212,11 @@ def check_resume_config(path: Any, config: dict[str, Any]) -> None:
     diffs = []
     for section in ("family", "config", "encoder"):
         diffs += _differences({section: old.get(section)}, {section: config.get(section)}, "")
-    train_old = {k: v for k, v in (old.get("train") or {}).items() if k not in RESUMABLE_CHANGES}
-    train_new = {k: v for k, v in config["train"].items() if k not in RESUMABLE_CHANGES}
-    diffs += _differences(train_old, train_new, "train.")
+    if "train" in config:  # without: the early check of family, config and encoder (run.py)
+        train_old = {k: v for k, v in (old.get("train") or {}).items()
+                     if k not in RESUMABLE_CHANGES}
+        train_new = {k: v for k, v in config["train"].items() if k not in RESUMABLE_CHANGES}
+        diffs += _differences(train_old, train_new, "train.")
     if diffs:
         raise TrainingError(
             f"--resume {path.parent}: the run was started with other settings: "

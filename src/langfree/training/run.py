@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langfree.training.options import TrainingError, TrainOptions
+from langfree.training.options import TrainingError, TrainOptions, check_options
 
 PREVIEW_PROMPTS = 8
 PREVIEW_SEEDS = 8
@@ -235,6 +235,7 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     from langfree.families.registry import get_spec
     from langfree.families.spec import resolve
     from langfree.sampling.conditions import build_conditions, parse_sample_options
+    from langfree.training.memory import check_memory
     from langfree.training.state import seed_everything
 
     check_processes(request.gpus)
@@ -242,6 +243,15 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     recorded = _recorded(request)
     if recorded is not None:
         request = _with_recorded(request, recorded)
+    # the options first: a wrong --tick is refused in a second, not after the model is built
+    check_options(request.options, int(os.environ.get("WORLD_SIZE", "1")))
+    if not request.options.dry_run:
+        from langfree.io import check_writable
+
+        try:
+            check_writable(request.options.outdir, "--outdir")
+        except OSError as exc:  # read-only, full, or a file: refused before anything is built
+            raise TrainingError(str(exc)) from None
     owns_data = spec.data == "own"
     if request.data is None and not owns_data:
         raise TrainingError("--data is required: the training archive (.zip from "
@@ -251,6 +261,17 @@ def prepare(request: TrainRequest) -> tuple[TrainRequest, Any, Any, dict, Any, A
     encoder = load_encoder_for(spec, request)
     ctx = Context(request, archive, test_archive, encoder, request.preset)
     config = build_config(spec, ctx, recorded)
+    if recorded is not None:  # refuse a conflicting resume before a sidecar or model is made
+        from langfree.config import to_dict
+        from langfree.training.options import check_resume_config
+        from langfree.training.state import resolve_resume
+
+        run_dir, _ = resolve_resume(request.options.resume, request.options.outdir)
+        check_resume_config(run_dir / "config.json", json.loads(json.dumps({
+            "family": recorded.get("family"), "config": to_dict(config),
+            "encoder": getattr(encoder, "spec", None)}, default=str)))
+    options, world = request.options, int(os.environ.get("WORLD_SIZE", "1"))
+    check_memory(spec.family_class(), config, encoder, options.batch_gpu or options.batch // world)
     seed_everything(request.options.seed)  # initial weights follow --seed (same on every process)
     family = spec.family_class()(config, encoder)
     hook = resolve(spec.prepare)

@@ -54,8 +54,8 @@ def condition_features(config: LafiteConfig, batch: dict, perturb: nn.Module | N
     """The training condition h [B, D] (unit) for one batch; randomness from the global RNG.
 
     batch: ``image_emb`` [B, D], ``text_emb`` [B, D], ``has_caption`` [B] (see families/base.py).
-    Raises ValueError if a sample drawn for its caption has none (the CLI checks the archive at
-    startup, so this only guards direct API use).
+    A sample drawn for its caption that has none (a partly captioned archive) gets its pseudo
+    feature, as under mixing_prob 1.
     """
     image_emb = batch["image_emb"].float()                              # [B, D]
     B, D = image_emb.shape
@@ -65,10 +65,7 @@ def condition_features(config: LafiteConfig, batch: dict, perturb: nn.Module | N
         return pseudo                        # language-free: captions are never read
     use_pseudo = torch.rand(B, device=image_emb.device) < config.mixing_prob   # [B]
     has_caption = batch["has_caption"].to(image_emb.device).bool()
-    if bool((~use_pseudo & ~has_caption).any()):
-        raise ValueError(
-            f"mixing_prob={config.mixing_prob} draws real captions, but some images in the batch "
-            "have none; use mixing_prob 1.0 (language-free) or an archive with captions")
+    use_pseudo = use_pseudo | ~has_caption   # an image without a caption: its pseudo feature
     text = F.normalize(config.text_weight * F.normalize(batch["text_emb"].float(), dim=-1)
                        + config.text_noise * eps, dim=-1)               # [B, D]
     return torch.where(use_pseudo[:, None], pseudo, text)

@@ -167,8 +167,11 @@ def load_official_pickle(path: str | Path) -> dict[str, Any]:
             data = RestrictedUnpickler(f).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path}: not a readable LAFITE network pickle ({e})") from None
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, ValueError,
+                KeyError, IndexError, OverflowError) as e:  # a text file fails as a ValueError
+            raise ValueError(f"{path}: not a readable LAFITE network pickle (reading it failed: "
+                             f"{type(e).__name__}); pass an official network-snapshot-*.pkl of drboog/Lafite"
+                             ) from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict with G, G_ema, D, got {type(data).__name__}")  # noqa: TRY004
     return data

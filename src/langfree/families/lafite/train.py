@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langfree.families.spec import Flag, TrainSpec, fit_resolution
+from langfree.families.spec import Flag, TrainSpec, check_caption_mixing, fit_resolution
 
 
 def perturb_option(value: str) -> dict:
@@ -36,11 +36,7 @@ def configure(data: dict, ctx: Any) -> dict:
 def prepare(family: Any, ctx: Any) -> None:
     """Captions where the config trains on them; LAFITE-NN weights where it uses them."""
     config = family.config
-    if config.mixing_prob < 1.0 and not ctx.archive.has_captions:
-        raise ValueError(f"--mixing_prob {config.mixing_prob} trains on real captions, but "
-                         f"{ctx.archive.path} has images without captions; use --mixing_prob 1.0 "
-                         "(language-free, images only) or build the archive from images with "
-                         "X.txt captions")
+    check_caption_mixing(config.mixing_prob, ctx.archive)
     if config.conditioning == "learned":
         if not config.perturb_path:
             raise ValueError("--conditioning learned needs --perturb DIR (train one with "

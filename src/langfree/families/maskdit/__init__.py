@@ -7,6 +7,7 @@ Generation"; REFERENCE.md §3).
         --encoder open_clip:ViT-B-32/openai --kimg 200 --outdir runs              # masked stage
     langfree train maskdit --data shapes.zip --vae runs/00000-vae --preset shapes32-finetune \
         --init-from runs/00001-maskdit --kimg 20 --outdir runs                   # unmasked stage
+    langfree convert maskdit-pt official.pt OUT --vae SD_VAE_DIR            # official weights
 
 Light on purpose (no torch at import): the CLI reads SPEC to build ``--help``.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langfree.families.spec import Flag, TrainSpec, fit_resolution
+from langfree.families.spec import Flag, TrainSpec, check_caption_mixing, fit_resolution
 
 
 def configure(data: dict, ctx: Any) -> dict:
@@ -45,11 +46,7 @@ def _given_vae(request: Any) -> str | None:
 def prepare(family: Any, ctx: Any) -> None:
     """Load the VAE (a reference); refuse caption mixing on an archive without captions."""
     config = family.config
-    if config.mixing_prob < 1.0 and not ctx.archive.has_captions:
-        raise ValueError(f"--mixing_prob {config.mixing_prob} trains on real captions, but "
-                         f"{ctx.archive.path} has images without captions; use --mixing_prob 1.0 "
-                         "(language-free, images only) or build the archive from images with "
-                         "X.txt captions")
+    check_caption_mixing(config.mixing_prob, ctx.archive)
     family.load_vae(config.vae)
 
 
@@ -79,6 +76,7 @@ SPEC = TrainSpec(
     prepare=prepare,
     encoder="required",
     default_encoder="open_clip:ViT-B-32/openai",
+    converters={"maskdit-pt": "langfree.families.maskdit.commands:maskdit_pt"},
 )
 
 __all__ = ["SPEC"]
