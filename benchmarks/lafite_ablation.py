@@ -71,33 +71,26 @@ def _perturbation(workdir: Path, clip_data: Path, encoder, steps: int) -> Path:
     return out
 
 
-def _train(name: str, data: Path, encoder, args, perturb: Path | None) -> Path:
-    from langfree.commands.train_lafite import (
-        build_config,
-        build_family,
-        conditioned_dataset,
-        make_preview,
-        preview_conditions,
-    )
-    from langfree.data.archive import ImageArchive
-    from langfree.training.loop import TrainOptions, train
+def _train(name: str, data: Path, test: Path, args, perturb: Path | None) -> Path:
+    """One variant through the same call ``langfree train lafite`` makes; returns the run dir."""
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest, train
 
-    archive = ImageArchive(data, preload=True)
-    options = dict(VARIANTS[name])
+    overrides = [f"{k}={v}" for k, v in VARIANTS[name].items() if k != "mixing_prob"]
     if name == "learned":
         from langfree.families.lafite.perturb import load_perturbation
 
         _, meta = load_perturbation(perturb)
-        options.update(perturb_path=str(perturb), perturb_hidden=meta["hidden"],
-                       perturb_layers=meta["layers"])
-    config = build_config(args.preset, archive.resolution, encoder.embed_dim, options, args.set)
-    family = build_family(config, encoder)
-    dataset = conditioned_dataset(archive, data, encoder, seed=args.seed)
-    cond, _ = preview_conditions(encoder, archive, None)
-    opts = TrainOptions(outdir=str(args.workdir / "runs"), kimg=args.kimg, batch=args.batch,
-                        tick_kimg=args.tick, snap=0, seed=args.seed, desc=f"ablation-{name}")
-    return train(family, dataset, opts, {"benchmark": "lafite_ablation", "variant": name},
-                 preview=make_preview(cond))
+        overrides += [f"perturb_path={perturb}", f"perturb_hidden={meta['hidden']}",
+                      f"perturb_layers={meta['layers']}"]
+    request = TrainRequest(
+        "lafite", data=data, test_data=test, encoder=args.encoder, preset=args.preset,
+        family_options={"mixing_prob": VARIANTS[name].get("mixing_prob", 1.0)},
+        overrides=overrides + list(args.set), metrics="none",
+        options=TrainOptions(outdir=str(args.workdir / "runs"), kimg=args.kimg, batch=args.batch,
+                             tick_kimg=args.tick, snap=1000, seed=args.seed,
+                             desc=f"ablation-{name}"))
+    return train(request)
 
 
 def main() -> None:
@@ -141,7 +134,7 @@ def main() -> None:
     for name in variants:
         start = time.time()
         data = captioned if name == "standard" else images_only
-        run = _train(name, data, encoder, args, perturb)
+        run = _train(name, data, evaluation, args, perturb)
         minutes = (time.time() - start) / 60
         report = evaluate_snapshot(run, ["attribute_accuracy", "diversity", "unprompted_coverage"],
                                    evaluation, encoder=encoder, evaluator=args.evaluator,

@@ -83,3 +83,28 @@ def test_mode_seeking_config_is_validated():
         tiny_config(mode_seeking_weight=-1.0)
     with pytest.raises(ValueError, match="mode_seeking"):
         tiny_config(mode_seeking_target=0.0)
+
+
+def test_condition_ramp_rises_linearly_and_is_off_by_default():
+    assert losses.condition_ramp(tiny_config(), 0) == 1.0                # the paper: from step 0
+    cfg = tiny_config(condition_rampup_kimg=2.0)
+    assert losses.condition_ramp(cfg, 0) == 0.0
+    assert losses.condition_ramp(cfg, 1000) == pytest.approx(0.5)
+    assert losses.condition_ramp(cfg, 5000) == 1.0
+
+
+def test_at_ramp_zero_neither_g_nor_d_reads_the_condition():
+    from langfree.families.lafite.family import LafiteFamily
+
+    fam = LafiteFamily(tiny_config(condition_rampup_kimg=4.0, style_mixing=0.0), ToyEncoder(16, 8))
+    nets = fam.modules()
+    batch = fake_batch(fam.config)
+    other = dict(batch, image_emb=torch.randn_like(batch["image_emb"]))  # different conditions
+
+    def d_phase(b, nimg):
+        torch.manual_seed(3)
+        return fam.loss(fam.phases()[-2], nets, b, Progress(0, nimg, 10_000)).loss  # phase D
+
+    assert fam.phases()[-2].name == "D"
+    assert torch.equal(d_phase(batch, 0), d_phase(other, 0))       # unconditional at the start
+    assert not torch.equal(d_phase(batch, 2000), d_phase(other, 2000))  # conditioned halfway

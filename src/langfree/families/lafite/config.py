@@ -84,6 +84,9 @@ class LafiteConfig:
     # pixel distance of two seeds, so the target is a data-like distance (real shapes of one
     # prompt differ by 0.07-0.18). Hinged, unlike MSGAN's 1/ratio, so it stops pushing once
     # seeds differ like the data. 0 disables it (and its extra G pass).
+    # Transitional conditioning (loss.condition_ramp): the condition's strength rises 0 -> 1
+    # over the first condition_rampup_kimg; 0 = conditioned from the first step (the paper).
+    condition_rampup_kimg: float = 0.0
     mode_seeking_weight: float = 0.0
     mode_seeking_target: float = 0.15
     mode_seeking_batch: int = 8

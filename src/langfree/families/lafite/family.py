@@ -187,24 +187,28 @@ class LafiteFamily:
             fake = None
         bank = nets.get("cond_bank", self.bank)
         negatives = bank.negatives() if bank is not None else None
+        ramp = losses.condition_ramp(cfg, progress.nimg)
         if phase.name == "G":
             self._encoder_to(h.device)
             loss, stats, fake = losses.generator_loss(cfg, nets["G"], nets["D"], self.encoder,
-                                                      h, negatives)
+                                                      h, negatives, ramp)
             if cfg.reuse_fakes:
                 self._fakes = {k: v for k, v in self._fakes.items() if k[0] == step}
                 self._fakes[key] = (h.detach(), fake)
         elif phase.name == "Greg":
-            loss, stats = losses.path_length_loss(cfg, nets["G"], h, nets.get("G_pl", self.pl_state).pl_mean)
+            loss, stats = losses.path_length_loss(cfg, nets["G"], h, nets.get("G_pl", self.pl_state).pl_mean,
+                                                  ramp)
         elif phase.name == "D":
             loss, stats = losses.discriminator_loss(cfg, nets["G"], nets["D"],
-                                                    self._reals(batch), h, negatives, fake)
+                                                    self._reals(batch), h, negatives, fake, ramp)
             if bank is not None:  # filled once per step, after both contrastive uses
                 bank.push(h)
         elif phase.name == "Dreg":
-            loss, stats = losses.r1_loss(cfg, nets["D"], self._reals(batch), h)
+            loss, stats = losses.r1_loss(cfg, nets["D"], self._reals(batch), h, ramp)
         else:
             raise ValueError(f"LAFITE has no phase {phase.name!r}")
+        if cfg.condition_rampup_kimg > 0:
+            stats["h/ramp"] = torch.tensor(ramp)
         stats["h/cos_image"] = (h * F.normalize(batch["image_emb"].float(), dim=-1)).sum(-1).mean()
         return LossOutput(loss, stats)
 

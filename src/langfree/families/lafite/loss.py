@@ -119,10 +119,22 @@ def clip_view(img: torch.Tensor, image_size: int, mode: str = "auto") -> torch.T
                          align_corners=False)                           # [B, 3, 224, 224]
 
 
-def _generate(config: LafiteConfig, G: nn.Module, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """G(z, gain·h) with style mixing and random noise (training). -> [B, 3, R, R]"""
-    return G(z, h * config.g_condition_gain, noise_mode="random",
+def _generate(config: LafiteConfig, G: nn.Module, z: torch.Tensor, h: torch.Tensor,
+              ramp: float = 1.0) -> torch.Tensor:
+    """G(z, ramp·gain·h) with style mixing and random noise (training). -> [B, 3, R, R]"""
+    return G(z, h * (config.g_condition_gain * ramp), noise_mode="random",
              style_mix_prob=config.style_mixing)
+
+
+def condition_ramp(config: LafiteConfig, nimg: int) -> float:
+    """Transitional conditioning (Shahbazi et al. 2022, "Collapse by Conditioning"): the
+    strength of the condition in G's input, D's projection and the contrastive terms, rising
+    linearly from 0 to 1 over the first ``condition_rampup_kimg`` (0 = conditioned from the
+    start, the paper's LAFITE). G first learns to draw from z alone, so z keeps the variation
+    no condition names once the condition comes in."""
+    if config.condition_rampup_kimg <= 0:
+        return 1.0
+    return min(1.0, nimg / (config.condition_rampup_kimg * 1000.0))
 
 
 def _contrastive(config: LafiteConfig, a: torch.Tensor, h: torch.Tensor,
@@ -148,32 +160,33 @@ def mode_seeking_loss(img_a: torch.Tensor, img_b: torch.Tensor, z_a: torch.Tenso
 
 
 def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h: torch.Tensor,
-                   negatives: torch.Tensor | None = None,
+                   negatives: torch.Tensor | None = None, ramp: float = 1.0,
                    ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """Phase G. h [B, D] unit conditions. Returns (loss, stats, the fakes detached)."""
+    """Phase G. h [B, D] unit conditions; ``ramp`` from ``condition_ramp``. Returns (loss,
+    stats, the fakes detached)."""
     z = torch.randn(h.shape[0], config.z_dim, device=h.device)          # [B, z]
-    fake = _generate(config, G, z, h)                                    # [B, 3, R, R]
-    logits, f_s = D(fake, h)                                             # [B], [B, c]
+    fake = _generate(config, G, z, h, ramp)                              # [B, 3, R, R]
+    logits, f_s = D(fake, h * ramp)                                      # [B], [B, c]
     adv = F.softplus(-logits).mean()
     loss = adv
     stats = {"G/adv": adv.detach(), "scores/fake": logits.detach().mean()}
-    if config.clip_contrastive_weight > 0:
+    if config.clip_contrastive_weight > 0 and ramp > 0:
         if encoder is None:
             raise ValueError("clip_contrastive_weight (--itc) > 0 needs an encoder; pass "
                              "--encoder or set --itc 0")
         clip_emb = encoder.encode_image(clip_view(fake, encoder.image_size, config.clip_view))
         itc = _contrastive(config, clip_emb, h, negatives)
-        loss = loss + config.clip_contrastive_weight * itc
+        loss = loss + config.clip_contrastive_weight * ramp * itc
         stats["G/itc"] = itc.detach()
         stats["G/clip_cos"] = (F.normalize(clip_emb, dim=-1) * h).sum(-1).mean().detach()
-    if config.d_contrastive_weight > 0:
+    if config.d_contrastive_weight > 0 and ramp > 0:
         itd = _contrastive(config, f_s, h, negatives)
-        loss = loss + config.d_contrastive_weight * itd
+        loss = loss + config.d_contrastive_weight * ramp * itd
         stats["G/itd"] = itd.detach()
     if config.mode_seeking_weight > 0:
         M = min(config.mode_seeking_batch, h.shape[0])
         z2 = torch.randn(M, config.z_dim, device=h.device)                  # [M, z]
-        fake2 = _generate(config, G, z2, h[:M])                               # [M, 3, R, R]
+        fake2 = _generate(config, G, z2, h[:M], ramp)                               # [M, 3, R, R]
         ms, ratio = mode_seeking_loss(fake[:M], fake2, z[:M], z2, config.mode_seeking_target)
         loss = loss + config.mode_seeking_weight * ms
         stats["G/seed_distance"] = ratio
@@ -181,13 +194,13 @@ def generator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, encoder, h:
 
 
 def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mean: torch.Tensor,
-                     ) -> tuple[torch.Tensor, dict]:
+                     ramp: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Phase Greg (StyleGAN2 path length). Updates ``pl_mean`` (0-d buffer) in place."""
     B = max(1, h.shape[0] // config.pl_batch_shrink)
     h = h[:B]
     z = torch.randn(B, config.z_dim, device=h.device)
     ws = G.mapping(z, 1.0)                                              # [B, num_ws, w]
-    img = G.synthesis(ws, h * config.g_condition_gain, noise_mode="random")  # [B, 3, R, R]
+    img = G.synthesis(ws, h * (config.g_condition_gain * ramp), noise_mode="random")  # [B, 3, R, R]
     R = img.shape[-1]
     pl_noise = torch.randn_like(img) / math.sqrt(R * R)
     (grads,) = torch.autograd.grad((img * pl_noise).sum(), ws, create_graph=True)
@@ -203,33 +216,34 @@ def path_length_loss(config: LafiteConfig, G: nn.Module, h: torch.Tensor, pl_mea
 
 def discriminator_loss(config: LafiteConfig, G: nn.Module, D: nn.Module, real: torch.Tensor,
                        h: torch.Tensor, negatives: torch.Tensor | None = None,
-                       fake: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                       fake: torch.Tensor | None = None, ramp: float = 1.0,
+                       ) -> tuple[torch.Tensor, dict]:
     """Phase D. real [B, 3, R, R] in [-1, 1], h [B, D]. G runs without gradients, unless
     ``fake`` [B, 3, R, R] (made from h, e.g. by this step's G phase) is given."""
     if fake is None:
         with torch.no_grad():
             z = torch.randn(h.shape[0], config.z_dim, device=h.device)
-            fake = _generate(config, G, z, h)                            # [B, 3, R, R]
-    fake_logits, _ = D(fake, h)                                         # [B]
-    real_logits, f_s = D(real, h)                                       # [B], [B, c]
+            fake = _generate(config, G, z, h, ramp)                      # [B, 3, R, R]
+    fake_logits, _ = D(fake, h * ramp)                                  # [B]
+    real_logits, f_s = D(real, h * ramp)                                # [B], [B, c]
     loss_fake = F.softplus(fake_logits).mean()
     loss_real = F.softplus(-real_logits).mean()
     loss = loss_fake + loss_real
     stats = {"D/fake": loss_fake.detach(), "D/real": loss_real.detach(),
              "scores/real": real_logits.detach().mean(),
              "scores/fake_d": fake_logits.detach().mean()}
-    if config.d_contrastive_weight > 0:
+    if config.d_contrastive_weight > 0 and ramp > 0:
         itd = _contrastive(config, f_s, h, negatives)
-        loss = loss + config.d_contrastive_weight * itd
+        loss = loss + config.d_contrastive_weight * ramp * itd
         stats["D/itd"] = itd.detach()
     return loss, stats
 
 
 def r1_loss(config: LafiteConfig, D: nn.Module, real: torch.Tensor, h: torch.Tensor,
-            ) -> tuple[torch.Tensor, dict]:
-    """Phase Dreg: lazy R1, γ/2·|∇_x D(x, h)|² times the interval."""
+            ramp: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Phase Dreg: lazy R1, γ/2·|∇_x D(x, ramp·h)|² times the interval."""
     real = real.detach().requires_grad_(True)
-    logits, _ = D(real, h)                                              # [B]
+    logits, _ = D(real, h * ramp)                                              # [B]
     (grads,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
     penalty = grads.square().sum([1, 2, 3]).mean()
     loss = (penalty * (config.r1_gamma / 2) + logits.sum() * 0) * config.d_reg_interval
