@@ -120,6 +120,7 @@ class StageContext:
 STAGES = {
     "lafite": "langfree.quickstart:LAFITE_STAGE",
     "maskdit": "langfree.families.maskdit.quickstart:STAGE",
+    "dalle": "langfree.families.dalle.quickstart:STAGE",
 }
 
 

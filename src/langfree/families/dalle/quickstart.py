@@ -1,0 +1,109 @@
+"""Stage 4 of ``langfree quickstart --family dalle``: a VQGAN on the image-only split, then the
+DALL·E transformer language-free (``condition="clip"``) on the same archive: no captions and no
+tokenizer anywhere (clip mode needs none), through the same ``langfree.training.run.train``
+calls these commands make:
+
+    langfree train vqgan --data gan-images-only.zip --preset shapes32 --kimg VQGAN_KIMG
+    langfree train dalle --data gan-images-only.zip --vqgan VQGAN --encoder CLIP \
+        --preset shapes32 --condition clip --clip-noise XI --augment-sets 1 --kimg KIMG
+
+ξ (``--clip-noise``) follows the rule LAFITE's stage uses: h̃ sits as far from the image feature
+as this CLIP's held-out captions sit from their images (``noise_for_cosine`` with image weight
+1). One code set per image (``augment_sets`` 1): the condition is the embedding of the plain
+image, so a crop's codes would teach positions and sizes the condition does not say, and each
+extra set is one more VQGAN pass over the whole split. Stages 1-3 and 5-6 (data, CLIP,
+evaluator, metrics, grid) are the shared ones of ``langfree.quickstart``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langfree.quickstart import FamilyStage, StageContext, train_once
+
+
+@dataclass(frozen=True)
+class DalleQuickstartPlan:
+    """Sizes of the dalle stage."""
+
+    vqgan_preset: str = "shapes32"
+    vqgan_kimg: float = 20.0
+    vqgan_batch: int = 32
+    preset: str = "shapes32"
+    kimg: float = 40.0
+    batch: int = 32
+    tick_kimg: float = 4.0
+    prefix_tokens: int = 4
+    augment_sets: int = 1
+    overrides: tuple[str, ...] = ()
+    vqgan_overrides: tuple[str, ...] = ()
+    guidance_scale: float = 3.0   # metrics, grid and previews
+    rerank: int = 1               # 1 = off (report.json says which)
+
+
+def clip_noise(ctx: StageContext) -> dict[str, float]:
+    """ξ for this CLIP, by the rule of LAFITE's stage (its image_noise / image_weight)."""
+    from langfree.quickstart import _pseudo_text_noise
+
+    pseudo = _pseudo_text_noise(ctx.encoder_dir, ctx.clip_zip, ctx.clip_metrics, ctx.plan)
+    return {"paired_cosine": pseudo["paired_cosine"], "cosine_used": pseudo["cosine_used"],
+            "clip_noise": round(pseudo["image_noise"] / pseudo["image_weight"], 4)}
+
+
+def _stage(ctx: StageContext) -> Path:
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest
+
+    plan, fp = ctx.plan, ctx.family_plan
+    noise = clip_noise(ctx)
+    ctx.log(f"    captions sit at cosine {noise['paired_cosine']} from their images under this "
+            f"CLIP: the clip prefix trains on pseudo text features with ξ {noise['clip_noise']}")
+    ctx.stages.start(f"4/6 training the VQGAN on {plan.gan_images} images without captions "
+                     f"({fp.vqgan_kimg:g} kimg), then DALL·E language-free on them "
+                     f"({fp.kimg:g} kimg)")
+    t0 = time.time()
+    vqgan = train_once(TrainRequest(
+        "vqgan", data=ctx.images_zip, preset=fp.vqgan_preset, metrics="none",
+        overrides=list(fp.vqgan_overrides),
+        options=TrainOptions(outdir=str(ctx.out / "vqgan"), kimg=fp.vqgan_kimg,
+                             batch=fp.vqgan_batch, tick_kimg=fp.tick_kimg, snap=1000,
+                             seed=plan.seed)))
+    t1 = time.time()
+    sample = {"guidance_scale": fp.guidance_scale, "rerank": fp.rerank}
+    snapshot = train_once(TrainRequest(
+        "dalle", data=ctx.images_zip, test_data=ctx.eval_zip, encoder=str(ctx.encoder_dir),
+        preset=fp.preset, family_options={
+            "vqgan": str(vqgan), "condition": "clip", "prefix_tokens": fp.prefix_tokens,
+            "clip_noise": noise["clip_noise"], "augment_sets": fp.augment_sets},
+        overrides=list(fp.overrides), metrics="none",
+        sample=[f"{k}={v}" for k, v in sample.items()],
+        options=TrainOptions(outdir=str(ctx.out / "dalle"), kimg=fp.kimg, batch=fp.batch,
+                             tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed)))
+    ctx.sample.update(sample)
+    ctx.report.update(dalle={"condition": "clip", "rerank": fp.rerank,
+                             "guidance_scale": fp.guidance_scale, **noise},
+                      vqgan=_vqgan_figures(vqgan), vqgan_minutes=round((t1 - t0) / 60, 2),
+                      dalle_minutes=round((time.time() - t1) / 60, 2))
+    return snapshot
+
+
+def _vqgan_figures(snapshot: Path) -> dict[str, Any]:
+    """The VQGAN run's last tick: reconstruction PSNR and codebook use."""
+    stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
+    last = json.loads(stats[-1]) if stats else {}
+    keys = {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
+            "dead_share": "Loss/main/dead_share"}
+    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+
+
+PLAN = DalleQuickstartPlan()
+SMOKE_PLAN = DalleQuickstartPlan(
+    vqgan_kimg=0.064, vqgan_batch=16, kimg=0.064, batch=16, tick_kimg=0.032,
+    overrides=("dim=32", "depth=1", "heads=2", "ff_mult=2"),
+    vqgan_overrides=("ch=32", "z_channels=32", "n_embed=64", "disc_start=1000000"))
+
+STAGE = FamilyStage(train=_stage, plan=PLAN, smoke_plan=SMOKE_PLAN, kimg_field="kimg")
