@@ -141,6 +141,23 @@ def test_clip_score_uses_the_captioned_subset(tmp_path):
     assert none["value"] is None and "no captions (0 of 12 images)" in none["reason"]
 
 
+def test_lafite_trains_with_mixing_on_a_partly_captioned_archive(tmp_path):
+    from typer.testing import CliRunner
+
+    from langfree.cli import app
+    from test_lafite_family_helpers import TINY_SETS, tiny_small_clip
+
+    data = _partly_captioned(tmp_path / "p.zip", n=16, captioned=6)
+    tiny_small_clip(tmp_path / "clip", embed_dim=16, image_size=8)
+    args = ["train", "lafite", "--data", str(data), "--encoder", str(tmp_path / "clip"),
+            "--mixing_prob", "0.5", "--kimg", "0.008", "--batch", "8", "--tick", "0.008",
+            "--metrics", "none", "--outdir", str(tmp_path / "runs"),
+            *[a for s in TINY_SETS for a in ("--set", s)]]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "6 of 16 images" in result.stderr and "the other 10 always train on pseudo" in result.stderr
+
+
 def test_encoder_train_uses_the_captioned_subset(tmp_path, capsys):
     from langfree.encoders.small_clip import train_small_clip
     from test_encoder_train import TINY
@@ -184,6 +201,23 @@ def test_write_outputs_on_a_full_disk_leaves_no_image(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         gen.write_outputs(images, conditions, [0, 1, 2], tmp_path / "kept")
     assert [p.name for p in (tmp_path / "kept").iterdir()] == ["mine.txt"]
+
+
+def test_a_full_disk_during_training_is_one_line(monkeypatch, capsys):
+    import typer
+
+    from langfree.commands.training import run_request
+
+    def full(request):
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/00000-x/state/step-8.tmp")
+
+    monkeypatch.setattr("langfree.training.run.train", full)
+    with pytest.raises(typer.Exit) as info:
+        run_request(object())
+    assert info.value.exit_code == 2
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line.startswith("error: cannot write runs/00000-x/state/step-8.tmp: No space left on "
+                           "device; the run's last complete snapshot and state are kept")
 
 
 def test_outdir_that_cannot_be_written_is_named(tmp_path, monkeypatch):
@@ -313,7 +347,8 @@ def test_sigint_before_any_save_says_nothing_was_saved(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_family.TinyDenoiser, "loss", interrupted)
     family = tiny_family.TinyDenoiser(tiny_family.TinyDenoiser.Config())
     options = TrainOptions(outdir=str(tmp_path / "runs"), kimg=0.16, batch=8, tick_kimg=0.032)
-    with pytest.raises(TrainingInterrupted, match=r"kimg 0\.000 \(step 0\); nothing saved yet"):
+    with pytest.raises(TrainingInterrupted,
+                       match=r"kimg 0\.000 \(step 0\); nothing saved yet .*saved every 50 ticks"):
         train(family, tiny_family.TinyDataset(), options, {})
 
 

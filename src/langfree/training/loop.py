@@ -253,8 +253,9 @@ class _Loop:
         states = st.list_states(self.run_dir)
         where = f"interrupted at kimg {self.nimg / 1000:.3f} (step {self.step})"
         if not states:
-            return (f"{where}; nothing saved yet in {self.run_dir} (the first snapshot and state "
-                    f"come after {self.opts['snap'] or 'the last'} tick(s)); start the run again")
+            when = f"every {self.opts['snap']} ticks" if self.opts["snap"] else "at the end"
+            return (f"{where}; nothing saved yet in {self.run_dir} (snapshots and state are "
+                    f"saved {when}); start the run again")
         kimg = json.loads((states[-1] / "progress.json").read_text())["nimg"] / 1000
         return (f"{where}; saved: the state {states[-1]} and snapshots up to kimg {kimg:.3f} in "
                 f"{self.run_dir / 'snapshots'}; continue with `langfree train {self.family.name} "
