@@ -412,3 +412,24 @@ def test_convert_lafite_pkl_on_a_text_file(tmp_path):
             load_official_pickle(path)
         assert str(info.value).startswith(f"{path}: not a readable LAFITE network pickle")
         assert "invalid literal" not in str(info.value)
+
+
+def test_force_replaces_an_existing_archive(tmp_path):
+    from typer.testing import CliRunner
+
+    from langfree.cli import app
+
+    dest = tmp_path / "s.zip"
+    assert CliRunner().invoke(app, ["shapes", str(dest), "-n", "4", "-r", "8"]).exit_code == 0
+    first = dest.read_bytes()
+    again = CliRunner().invoke(app, ["shapes", str(dest), "-n", "6", "-r", "8"])
+    assert again.exit_code == 2 and dest.read_bytes() == first
+    forced = CliRunner().invoke(app, ["shapes", str(dest), "-n", "6", "-r", "8", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert len(ImageArchive(dest)) == 6
+    (tmp_path / "src").mkdir()
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(tmp_path / "src" / "a.png")
+    args = ["dataset", str(tmp_path / "src"), str(dest), "-r", "8", "--workers", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 2 and len(ImageArchive(dest)) == 6
+    assert CliRunner().invoke(app, [*args, "--force"]).exit_code == 0
+    assert len(ImageArchive(dest)) == 1
