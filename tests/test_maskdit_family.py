@@ -166,3 +166,37 @@ def test_import_official_checkpoint(tmp_path, monkeypatch):
     torch.save({"model": state}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no 'ema'"):
         import_official(tmp_path / "bad.pt", tmp_path / "snap2", cfg)
+
+
+def test_convert_maskdit_pt_command(vae_dir, tmp_path):
+    """`langfree convert maskdit-pt IN.pt OUT` (the TrainSpec converter): tensors only, the VAE
+    recorded as a reference so the snapshot samples; a pickled object is refused."""
+    from typer.testing import CliRunner
+
+    from langfree.checkpoint import load_snapshot
+    from langfree.cli import app
+
+    assert SPEC.converters == {"maskdit-pt": "langfree.families.maskdit.commands:maskdit_pt"}
+    cfg = tiny_config(vae_dir)
+    torch.manual_seed(3)
+    src = MaskDiTFamily(cfg).net
+    state = {("model.y_embedder.embedding_table.weight" if k == "model.cond_embedder.weight"
+              else k): v for k, v in src.state_dict().items()}
+    torch.save({"model": state, "ema": state}, tmp_path / "official.pt")
+    args = ["convert", "maskdit-pt", str(tmp_path / "official.pt"), str(tmp_path / "snap"),
+            "--size", "MaskDiT-S/2", "--cond-dim", "6", "--resolution", "8", "--vae", str(vae_dir)]
+    args += [f"--set={kv}" for kv in ("hidden=32", "depth=2", "heads=2", "decoder_hidden=16",
+                                      "decoder_depth=1", "decoder_heads=2")]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.output
+    fam = load_snapshot(tmp_path / "snap", encoder=None)
+    assert "vae" in fam.references()
+    images = fam.sample(F.normalize(torch.randn(1, 6), dim=1), [0], MaskDiTSampleOptions(steps=2))
+    assert images.shape == (1, 3, 8, 8)
+
+    torch.save({"model": SimpleNamespace(x=1), "ema": {}}, tmp_path / "pickled.pt")
+    bad = CliRunner().invoke(app, args[:2] + [str(tmp_path / "pickled.pt"), str(tmp_path / "s2")]
+                             + args[4:])
+    assert bad.exit_code == 2 and "error:" in bad.output
+    missing = CliRunner().invoke(app, args[:2] + [str(tmp_path / "none.pt"), str(tmp_path / "s3")])
+    assert missing.exit_code == 2 and "not found" in missing.output

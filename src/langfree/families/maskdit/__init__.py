@@ -7,6 +7,7 @@ Generation"; REFERENCE.md §3).
         --encoder open_clip:ViT-B-32/openai --kimg 200 --outdir runs              # masked stage
     langfree train maskdit --data shapes.zip --vae runs/00000-vae --preset shapes32-finetune \
         --init-from runs/00001-maskdit --kimg 20 --outdir runs                   # unmasked stage
+    langfree convert maskdit-pt official.pt OUT --vae SD_VAE_DIR            # official weights
 
 Light on purpose (no torch at import): the CLI reads SPEC to build ``--help``.
 """
@@ -75,6 +76,7 @@ SPEC = TrainSpec(
     prepare=prepare,
     encoder="required",
     default_encoder="open_clip:ViT-B-32/openai",
+    converters={"maskdit-pt": "langfree.families.maskdit.commands:maskdit_pt"},
 )
 
 __all__ = ["SPEC"]

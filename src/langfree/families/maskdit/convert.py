@@ -34,9 +34,23 @@ def official_to_langfree(state: dict[str, torch.Tensor], denoiser=None) -> dict[
     return out
 
 
+def load_checkpoint(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors and plain containers; anything else (a pickled
+    object, which loading would run code to build) is refused with a ValueError."""
+    import pickle
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise ValueError(f"{path} holds objects other than tensors and plain containers, which "
+                         f"langfree does not unpickle (weights_only=True: {reason}); pass an "
+                         "official MaskDiT checkpoint (model / ema state dicts)") from None
+
+
 def read_official(path: str | Path, which: str = "ema") -> dict[str, torch.Tensor]:
     """The ``which`` ('ema' or 'model') state dict of an official checkpoint file."""
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     if which not in ckpt:
         raise ValueError(f"{path} has no {which!r} entry (it has {sorted(ckpt)}); pass "
                          "an official MaskDiT checkpoint (keys model / ema)")
@@ -48,12 +62,16 @@ def import_official(path: str | Path, out: str | Path, config, kimg: float = 0.0
     of ``config`` (a MaskDiTConfig whose shapes match the checkpoint, e.g. MaskDiT-XL/2 with
     cond_dim 1000 for the ImageNet ones: their one-hot labels are unit vectors, so our L2
     normalisation leaves them unchanged, and the zero null label is the same). Both ``model``
-    and ``ema`` are kept (``net`` / ``net_ema``) so ``--init-from`` can continue training."""
+    and ``ema`` are kept (``net`` / ``net_ema``) so ``--init-from`` can continue training.
+    When ``config.vae`` is set, that latent space is recorded as the snapshot's reference (by
+    spec and digest), so the snapshot samples."""
     from langfree.checkpoint import save_snapshot
     from langfree.families.maskdit.family import MaskDiTFamily
 
     family = MaskDiTFamily(config)
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    if config.vae:
+        family.load_vae(config.vae)
+    ckpt = load_checkpoint(path)
     for which, module in (("model", family.net), ("ema", family.net_ema)):
         if which not in ckpt:
             raise ValueError(f"{path} has no {which!r} entry (it has {sorted(ckpt)}); pass an "
