@@ -93,3 +93,31 @@ def test_resume_is_exact(files):
     for name in ("net", "net_ema"):
         ta, tb = load_tensors(a / f"{name}.safetensors"), load_tensors(b / f"{name}.safetensors")
         assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+
+def test_non_finite_run_stops_with_last_snapshot_intact(files, monkeypatch):
+    """A MaskDiT loss that turns NaN at step 3 stops the run with the engine's message; the
+    snapshot of step 2 loads, is finite, and samples."""
+    from langfree.checkpoint import list_snapshots, load_snapshot
+    from langfree.families.maskdit import loss as L
+    from langfree.training.options import TrainingError
+    from langfree.training.run import train
+
+    root, vae = files
+    real, calls = L.maskdit_loss, []
+
+    def turning_nan(*args, **kw):
+        total, stats = real(*args, **kw)
+        calls.append(1)
+        return (total * float("nan") if len(calls) > 2 else total), stats
+
+    monkeypatch.setattr(L, "maskdit_loss", turning_nan)
+    with pytest.raises(TrainingError, match=r"non-finite loss in phase 'main' at kimg 0\.016"):
+        train(request(root, vae, "nan", kimg=0.032, tick_kimg=0.008, snap=2))
+    (run,) = (root / "nan").iterdir()
+    assert [p.name for p in list_snapshots(run)] == ["snapshot-000000.016"]
+    family = load_snapshot(run, encoder=None)
+    assert all(torch.isfinite(p).all() for p in family.net_ema.parameters())
+    emb = torch.nn.functional.normalize(torch.randn(1, 16), dim=1)
+    assert torch.isfinite(family.sample(emb, [0], family.SampleOptions(steps=2))).all()
+    assert "non-finite loss" in (run / "log.txt").read_text()

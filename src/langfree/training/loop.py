@@ -383,7 +383,19 @@ class _Loop:
         losses = self.stats.means(self.procs.world)
         self.reporter.tick(fields, losses, self.nimg)
 
+    def _check_weights(self) -> None:
+        """Stop before writing anything when a saved module holds a non-finite value: a step
+        with finite gradients can still overflow the weights (an enormous update), and the EMA
+        copy takes it in the same step, so the next loss check would come one snapshot late.
+        One pass over the saved tensors per snapshot; every process holds the same weights."""
+        for name in self.saved:
+            for key, tensor in self.modules[name].state_dict().items():
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    self._stop(f"non-finite weights in {name}.{key} at kimg "
+                               f"{self.nimg / 1000:.3f} (nothing saved for this tick)")
+
     def _save(self, elapsed: float) -> None:
+        self._check_weights()
         kimg = self.nimg / 1000
         name = (
             f"snapshot-{self.nimg // 1000:06d}"
