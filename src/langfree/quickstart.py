@@ -47,7 +47,9 @@ class QuickstartPlan:
     clip_batch: int | None = None      # None: train_small_clip's default
     # Shape accuracy at itc 2: 0.75 at 120 kimg, 0.79 at 150, 0.78 at 180 (one run each; runs
     # spread by a few hundredths), so past 150 kimg more time buys little. itc 6: 0.80 at 150.
-    gan_kimg: float = 150.0
+    # With shapes32's mode-seeking term and channel_base 512 (issue 9) a step is ~1.5x cheaper,
+    # and 96 kimg is what fits the 15-minute bar on a slow-kind 2-core machine.
+    gan_kimg: float = 96.0
     gan_batch: int = 32
     tick_kimg: float = 4.0
     attribute_samples: int = 945       # 7 colours x 5 shapes x 3 sizes x 9 positions
