@@ -85,6 +85,15 @@ def test_resume_after_sigkill_is_exact(tmp_path):
             proc.kill()
     assert not list(killed_dir.glob("hash-*")), "the run finished before it was killed"
 
+    # A resume with a conflicting setting is refused and touches nothing (issue 10): the
+    # resume after it must still continue bitwise exactly.
+    (run,) = [p for p in killed_dir.iterdir() if p.is_dir()]
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    conflict = [a if a != "0.5" else "0.25" for a in game]          # --lr-rampdown 0.25
+    refused = _run(["--outdir", str(killed_dir), "--resume", "latest"] + conflict)
+    assert refused.returncode != 0 and "lr_rampdown" in refused.stderr, refused.stderr
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+
     resumed = _run(["--outdir", str(killed_dir), "--resume", "latest"] + game)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
