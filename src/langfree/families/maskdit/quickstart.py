@@ -72,6 +72,14 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
     return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
 
 
+# PLAN as measured once (2026-12-02; shared stages from an earlier run in the same outdir;
+# this stage on 1 thread at nice 5 while other jobs held the machine at load 6-8, machine_peak:
+# "AMD EPYC; amx False; fp32 GEMM 24 GFLOP/s ... -> slow kind; factor 1.00", a tenth of the quiet
+# slow kind): VAE 8.8 min, MaskDiT 34.8 min, metrics ~28 min (fid2000 671 s, r_precision 309 s,
+# diversity 321 s). report.json: colour 0.151, shape 0.203, size 0.339, position 0.102 (chance:
+# 1/7, 1/5, 1/3, 1/9), R-precision 0.011, pr2000 0.30 / 0.31, diversity 0.97, unprompted
+# coverage 1.00: the diversity bars hold only because samples depend on the seed alone (the
+# grid's columns repeat down the rows). Cause: the 12-kimg VAE (see vae PRESETS["shapes32-quick"]).
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
