@@ -51,12 +51,12 @@ def test_foreign_zip_is_refused_with_the_command_that_converts_it(tmp_path):
 def test_memory_estimate_counts_parameters_and_feature_maps():
     from langfree.families.lafite.config import LafiteConfig
     from langfree.families.lafite.family import LafiteFamily
-    from langfree.training.memory import feature_map_elements
+    from langfree.families.lafite.memory import ACTIVATION_FLOATS, feature_map_elements
 
     config = LafiteConfig(resolution=8, channel_base=64, channel_max=8, c_dim=16, z_dim=8,
                           w_dim=16, mapping_layers=1, change_resolution=8)
     assert feature_map_elements(config) == 4 * 4 * 8 + 8 * 8 * 8  # min(64 // r, 8) channels
-    from langfree.training.memory import ACTIVATION_FLOATS, estimate
+    from langfree.training.memory import estimate
 
     est = estimate(LafiteFamily, config, tiny_family_encoder(), images=4)
     torch.manual_seed(0)

@@ -180,6 +180,7 @@ class Family(Protocol):
 #   lr_schedule() -> LRSchedule                LRSchedule()
 #   after_backward(phase, nets) -> None        nothing
 #   parameter_counts() -> dict[str, int]       trainable modules' sizes
+#   activation_bytes_per_image() -> int        memory check: bytes kept per training image
 
 
 def optional(family: Any, name: str, *args: Any, default: Any = None) -> Any:

@@ -2,17 +2,15 @@
 
 A model too large for the machine is otherwise built, starts training and is killed by the
 kernel with no message, leaving a run directory and a features sidecar behind (issue 10: a
-512 px zip gave LAFITE's defaults, 40 M parameters, batch 32). The estimate is a lower bound,
+512 px zip gave a 40 M-parameter default model at batch 32). The estimate is a lower bound,
 so only a configuration that cannot fit is refused:
 
 - parameters: counted exactly by building the family on PyTorch's ``meta`` device (shapes
   only, no memory, well under a second); trained modules cost 16 bytes per parameter (fp32
   weights, gradients, Adam's two moments), EMA copies 4;
-- activations: for image networks whose config follows StyleGAN's width rule (``resolution``,
-  ``channel_base``, ``channel_max``: ``min(channel_base // r, channel_max)`` channels at
-  resolution r), ``ACTIVATION_FLOATS`` floats per feature-map element are kept for the
-  backward pass (measured on LAFITE's G + D + R1 step, see below), for every image of a
-  micro-batch (``--batch-gpu``). Other configs count parameters only.
+- activations: what the family reports for one image of a micro-batch (``--batch-gpu``)
+  through its optional ``activation_bytes_per_image()`` (a family keeps that measurement beside
+  its networks); families without it count parameters only.
 
 Available memory is the free GPU memory on CUDA, else the RAM the kernel reports available
 (``psutil.virtual_memory().available``). ``LANGFREE_SKIP_MEMORY_CHECK=1`` skips the check.
@@ -26,14 +24,9 @@ from typing import Any
 
 import torch
 
+from langfree.families.base import optional
 from langfree.training.options import TrainingError
 
-# Floats alive per feature-map element (channels x pixels, summed over resolutions) for one
-# image in one LAFITE training step (G forward + D on fakes and reals + R1 + the encoder on
-# fakes): measured 12.2 as the peak-RSS slope over the micro-batch on CPU (256 px, channel_base
-# 2048, channel_max 32: 1426 MB at 2 images, 1706 MB at 8). 10 keeps the estimate a lower bound.
-# LAFITE's defaults at 512 px then need >= 1.3 GB per image, 41 GB for a batch of 32.
-ACTIVATION_FLOATS = 10
 BYTES_TRAINED, BYTES_EMA = 16, 4  # fp32 weight + gradient + Adam m, v; an EMA copy: weights only
 
 
@@ -60,19 +53,6 @@ def available_bytes() -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "available RAM"
 
 
-def feature_map_elements(config: Any) -> int:
-    """Channels x pixels summed over the resolutions 4 .. R of a StyleGAN-rule config (0 when the
-    config has no such geometry)."""
-    fields = ("resolution", "channel_base", "channel_max")
-    if not all(isinstance(getattr(config, f, None), int) for f in fields):
-        return 0
-    total, r = 0, 4
-    while r <= config.resolution:
-        total += r * r * min(config.channel_base // r, config.channel_max)
-        r *= 2
-    return total
-
-
 def estimate(family_class: Any, config: Any, encoder: Any, images: int) -> Estimate | None:
     """The lower-bound memory of training ``family_class(config, encoder)`` on micro-batches of
     ``images``; None when the family cannot be built on the meta device (it reads files)."""
@@ -93,7 +73,7 @@ def estimate(family_class: Any, config: Any, encoder: Any, images: int) -> Estim
             parameters += p.numel()
             param_bytes += p.numel() * (BYTES_EMA if name in ema or not p.requires_grad
                                         else BYTES_TRAINED)
-    activations = 4 * ACTIVATION_FLOATS * feature_map_elements(config) * images
+    activations = (optional(family, "activation_bytes_per_image", default=0) or 0) * images
     return Estimate(parameters, param_bytes, activations, images,
                     getattr(config, "resolution", None))
 

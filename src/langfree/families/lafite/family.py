@@ -150,6 +150,12 @@ class LafiteFamily:
             out.append(Phase("Dreg", ("D",), "D", cfg.d_reg_interval))
         return out
 
+    def activation_bytes_per_image(self) -> int:
+        """For the engine's memory check (a lower bound, measured: lafite/memory.py)."""
+        from langfree.families.lafite.memory import activation_bytes_per_image
+
+        return activation_bytes_per_image(self.config)
+
     def parameter_counts(self) -> dict[str, int]:
         counts = {"G": count_parameters(self.G), "D": count_parameters(self.D)}
         if self.perturb is not None:

@@ -2,8 +2,8 @@
 (a PyTorch Lightning file) -> langfree tensors, without executing any code from the file.
 
 A Lightning ``.ckpt`` is a torch zip: ``<name>/data.pkl`` (a pickle) + ``<name>/data/<key>``
-(raw storages). ``torch.load(weights_only=False)`` would run whatever the pickle names; even
-``weights_only=True`` refuses these files because they also hold callbacks and an OmegaConf
+(raw storages). Unrestricted unpickling would run whatever the pickle names, and torch's
+tensor-only loader (``weights_only=True``) refuses these files because they also hold callbacks and an OmegaConf
 config. So the pickle is read by ``_TensorOnlyUnpickler``: it resolves exactly the torch
 functions that rebuild tensors and storages (plus OrderedDict); every other global becomes an
 inert ``_Opaque`` placeholder whose construction runs nothing. Then ``state_dict`` minus the
