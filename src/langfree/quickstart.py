@@ -153,6 +153,14 @@ def train_once(request: Any) -> Path:
     return snapshot
 
 
+def last_tick(snapshot: Path, keys: dict[str, str]) -> dict[str, Any]:
+    """Figures of the last tick of ``snapshot``'s run: {name: stats.jsonl[key]} plus the snapshot
+    path (e.g. an autoencoder stage's PSNR). For family stages."""
+    stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
+    last = json.loads(stats[-1]) if stats else {}
+    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+
+
 class Stages:
     """Prints one line per stage with its duration; everything else prints its own progress."""
 
@@ -248,25 +256,15 @@ def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan:
                   image_noise: float) -> Path:
     """Language-free LAFITE through the same call ``langfree train lafite`` makes; returns the
     final snapshot."""
-    from langfree.checkpoint import list_snapshots
     from langfree.training.options import TrainOptions
-    from langfree.training.run import TrainRequest, train
+    from langfree.training.run import TrainRequest
 
-    runs = sorted(p for p in outdir.glob("*") if p.is_dir()) if outdir.exists() else []
-    for run in reversed(runs):
-        done = run / "done.json"
-        if done.exists():
-            return Path(json.loads(done.read_text())["snapshot"])
-    request = TrainRequest(
+    return train_once(TrainRequest(
         "lafite", data=data, test_data=test, encoder=str(encoder_dir),
         preset=f"shapes{plan.resolution}", family_options={"mixing_prob": 1.0},
         overrides=[f"image_noise={image_noise}"], metrics="none",
         options=TrainOptions(outdir=str(outdir), kimg=plan.gan_kimg, batch=plan.gan_batch,
-                             tick_kimg=plan.tick_kimg, snap=1000, seed=plan.seed))
-    run_dir = train(request)
-    snapshot = list_snapshots(run_dir)[-1]
-    write_json(run_dir / "done.json", {"snapshot": str(snapshot)})
-    return snapshot
+                             tick_kimg=plan.tick_kimg, snap=1000, seed=plan.seed)))
 
 
 def _lafite_stage(ctx: StageContext) -> Path:

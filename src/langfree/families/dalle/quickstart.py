@@ -17,13 +17,12 @@ evaluator, metrics, grid) are the shared ones of ``langfree.quickstart``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langfree.quickstart import FamilyStage, StageContext, train_once
+from langfree.quickstart import FamilyStage, StageContext, last_tick, train_once
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,8 @@ def _stage(ctx: StageContext) -> Path:
 
 def _vqgan_figures(snapshot: Path) -> dict[str, Any]:
     """The VQGAN run's last tick: reconstruction PSNR and codebook use."""
-    stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
-    last = json.loads(stats[-1]) if stats else {}
-    keys = {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
-            "dead_share": "Loss/main/dead_share"}
-    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+    return last_tick(snapshot, {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
+                            "dead_share": "Loss/main/dead_share"})
 
 
 PLAN = DalleQuickstartPlan()

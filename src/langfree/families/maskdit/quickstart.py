@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langfree.quickstart import FamilyStage, StageContext, train_once
+from langfree.quickstart import FamilyStage, StageContext, last_tick, train_once
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,8 @@ def _stage(ctx: StageContext) -> Path:
 
 def _vae_figures(snapshot: Path) -> dict[str, Any]:
     """The VAE run's last tick: reconstruction PSNR and latent statistics."""
-    import json
-
-    stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
-    last = json.loads(stats[-1]) if stats else {}
-    keys = {"psnr": "Loss/main/psnr", "latent_std": "Loss/main/latent_std",
-            "rec_l1": "Loss/main/rec_l1"}
-    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+    return last_tick(snapshot, {"psnr": "Loss/main/psnr", "latent_std": "Loss/main/latent_std",
+                            "rec_l1": "Loss/main/rec_l1"})
 
 
 # PLAN as measured once (2026-12-02; shared stages from an earlier run in the same outdir;
