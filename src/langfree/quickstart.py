@@ -207,8 +207,8 @@ def _train_clip(archive: Path, outdir: Path, plan: QuickstartPlan) -> dict:
 def _pseudo_text_noise(clip_dir: Path, clip_zip: Path, clip_metrics: dict, plan: QuickstartPlan
                        ) -> dict:
     """LAFITE-G's noise level for this CLIP: h̃ sits as far from the image feature as the CLIP's
-    held-out captions sit from their images (``conditioning.noise_for_cosine``)."""
-    from langfree.families.lafite.conditioning import noise_for_cosine
+    held-out captions sit from their images (``pseudo_text.noise_for_cosine``)."""
+    from langfree.encoders.pseudo_text import noise_for_cosine
     from langfree.families.lafite.config import preset
 
     cos = clip_metrics.get("paired_cosine")

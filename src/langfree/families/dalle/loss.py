@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from langfree.encoders.pseudo_text import gaussian_pseudo_text, random_directions
 from langfree.families.dalle.bpe import CaptionTokenizer
 from langfree.families.dalle.config import DalleConfig
 from langfree.families.dalle.transformer import DalleTransformer
-from langfree.families.lafite.conditioning import gaussian_pseudo_text, random_directions
 
 
 def training_text(tokenizer: CaptionTokenizer, captions: list[str], cfg: DalleConfig,
