@@ -81,6 +81,26 @@ def test_vq_loss_values_and_straight_through(legacy):
     assert torch.equal(z2.grad, torch.ones_like(z2))
 
 
+def test_l2_codes_pick_by_cosine_and_keep_names():
+    """l2_codes: the lookup is by cosine, not distance, and z_q is a unit vector; the state dict
+    is the same (taming names, same shapes)."""
+    e = torch.tensor([[0.1, 0.0], [3.0, 3.0], [0.0, -2.0]])
+    z = torch.tensor([[2.0, 1.8]]).t().reshape(1, 2, 1, 1)  # nearest by distance: code 1 too
+    z_far = torch.tensor([[0.2, 0.01]]).t().reshape(1, 2, 1, 1)  # distance: code 0; cosine: 0
+    z_diag = torch.tensor([[0.15, 0.16]]).t().reshape(1, 2, 1, 1)  # distance: 0; cosine: 1
+    plain, unit = VectorQuantizer(3, 2, 0.25, False), VectorQuantizer(3, 2, 0.25, False, l2=True)
+    for q in (plain, unit):
+        q.embedding.weight.data = e.clone()
+    assert plain(z_diag)[2].tolist() == [[0]] and unit(z_diag)[2].tolist() == [[1]]
+    assert unit(z)[2].tolist() == [[1]] and unit(z_far)[2].tolist() == [[0]]
+    z_q = unit(z_diag)[0]
+    torch.testing.assert_close(z_q.flatten().norm(), torch.tensor(1.0))
+    torch.testing.assert_close(unit.lookup(torch.tensor([[1]]), 1, 1).flatten(),
+                               torch.tensor([1.0, 1.0]) / 2 ** 0.5)
+    a, b = VQGAN(TINY).state_dict(), VQGAN(replace(TINY, l2_codes=True)).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
 def test_perplexity():
     assert perplexity(torch.zeros(10, dtype=torch.long), 8).item() == pytest.approx(1.0)
     assert perplexity(torch.arange(8), 8).item() == pytest.approx(8.0)

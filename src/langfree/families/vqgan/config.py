@@ -25,6 +25,7 @@ class VQGANConfig:
     dropout: float = 0.0
     beta: float = 0.25  # commitment weight
     legacy_beta: bool = False  # True: taming's β-on-the-codebook-term (fine-tuning their ckpts)
+    l2_codes: bool = False  # ViT-VQGAN's unit-sphere lookup (networks.VectorQuantizer); taming: off
     # losses
     rec_loss: str = "l1"  # l1 | l2
     perceptual_weight: float = 0.0  # > 0 needs perceptual_path (LPIPS-like weights, local file)

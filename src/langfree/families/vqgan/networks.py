@@ -176,19 +176,29 @@ class VectorQuantizer(nn.Module):
     ``VectorQuantizer2(legacy=True)``, which its VQModel uses, puts β on the codebook term
     instead (their comment calls it a bug kept for compatibility); ``legacy_beta=True``
     reproduces that for fine-tuning official checkpoints. Codebook init U(-1/n, 1/n) as taming.
+
+    ``l2=True``: ViT-VQGAN's l2-normalised codes (Yu et al. 2022, §3.2): z_e and every code are
+    projected onto the unit sphere before the lookup, so the nearest code is the one of highest
+    cosine and z_q is a unit vector; the parameters (and their names) are unchanged, only the
+    geometry. Codes whose norm grew apart can no longer win every lookup, which keeps many more
+    codes in use from scratch (their Table 2).
     """
 
-    def __init__(self, n_embed: int, embed_dim: int, beta: float, legacy_beta: bool) -> None:
+    def __init__(self, n_embed: int, embed_dim: int, beta: float, legacy_beta: bool,
+                 l2: bool = False) -> None:
         super().__init__()
-        self.n_embed, self.embed_dim, self.beta, self.legacy_beta = (
-            n_embed, embed_dim, beta, legacy_beta)
+        self.n_embed, self.embed_dim, self.beta, self.legacy_beta, self.l2 = (
+            n_embed, embed_dim, beta, legacy_beta, l2)
         self.embedding = nn.Embedding(n_embed, embed_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)
 
+    def _unit(self, v: torch.Tensor, dim: int) -> torch.Tensor:
+        return F.normalize(v, dim=dim) if self.l2 else v
+
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, D, h, w] -> nearest code per position [B, h*w] int64."""
-        flat = rearrange(z, "b d h w -> (b h w) d")
-        e = self.embedding.weight  # (n, D)
+        flat = self._unit(rearrange(z, "b d h w -> (b h w) d"), 1)
+        e = self._unit(self.embedding.weight, 1)  # (n, D)
         # ||z - e||² = ||z||² + ||e||² - 2 z·e; ||z||² does not change the argmin but is kept so
         # ties resolve like taming's
         dist = flat.square().sum(1, keepdim=True) + e.square().sum(1) - 2 * flat @ e.t()
@@ -196,11 +206,12 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, codes: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """codes [B, h*w] -> z_q [B, D, h, w]."""
-        return rearrange(self.embedding(codes), "b (h w) d -> b d h w", h=h, w=w)
+        return rearrange(self._unit(self.embedding(codes), -1), "b (h w) d -> b d h w", h=h, w=w)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z [B, D, h, w] -> (z_q straight-through [B, D, h, w], vq loss scalar, codes [B, h*w])."""
         codes = self.codes(z)
+        z = self._unit(z, 1)
         z_q = self.lookup(codes, z.shape[2], z.shape[3])
         codebook = (z_q - z.detach()).square().mean()
         commit = (z_q.detach() - z).square().mean()
@@ -217,7 +228,8 @@ class VQGAN(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_beta)
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.beta, cfg.legacy_beta,
+                                        cfg.l2_codes)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
         self.decoder = Decoder(cfg)
 
