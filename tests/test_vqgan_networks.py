@@ -53,7 +53,7 @@ def test_codes_decode_shapes_and_grid():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match="multiple of norm_groups 32"):
         VQGANConfig(ch=16)
     with pytest.raises(ValueError, match="divisible"):
         VQGANConfig(resolution=100)
@@ -99,6 +99,16 @@ def test_l2_codes_pick_by_cosine_and_keep_names():
                                torch.tensor([1.0, 1.0]) / 2 ** 0.5)
     a, b = VQGAN(TINY).state_dict(), VQGAN(replace(TINY, l2_codes=True)).state_dict()
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_norm_groups_reach_every_groupnorm():
+    net = VQGAN(replace(TINY, norm_groups=8))
+    groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8}
+    assert {m.num_groups for m in VQGAN(TINY).modules()
+            if isinstance(m, torch.nn.GroupNorm)} == {32}  # taming's default
+    with pytest.raises(ValueError, match="multiple of norm_groups 48"):
+        replace(TINY, norm_groups=48)
 
 
 def test_perplexity():

@@ -23,6 +23,9 @@ class VQGANConfig:
     embed_dim: int = 256
     n_embed: int = 8192  # DALL·E's codebook size (taming's f16 model uses 1024 or 16384)
     dropout: float = 0.0
+    # GroupNorm groups (taming: 32). With 32 channels, 32 groups is a per-channel instance norm
+    # that removes each channel's spatial mean, i.e. the image's flat colours (shapes32 measured)
+    norm_groups: int = 32
     beta: float = 0.25  # commitment weight
     legacy_beta: bool = False  # True: taming's β-on-the-codebook-term (fine-tuning their ckpts)
     l2_codes: bool = False  # ViT-VQGAN's unit-sphere lookup (networks.VectorQuantizer); taming: off
@@ -52,9 +55,9 @@ class VQGANConfig:
             raise ValueError(f"resolution {self.resolution} is not divisible by {down} "
                              f"(ch_mult {self.ch_mult} downsamples {down}×)")
         widths = {self.ch * m for m in (1, *self.ch_mult)}
-        if any(w % 32 for w in widths) or self.ch <= 0:
-            raise ValueError(f"every width ch × ch_mult must be a multiple of 32 (GroupNorm 32): "
-                             f"ch {self.ch}, ch_mult {self.ch_mult}")
+        if self.norm_groups < 1 or any(w % self.norm_groups for w in widths) or self.ch <= 0:
+            raise ValueError(f"every width ch × ch_mult must be a multiple of norm_groups "
+                             f"{self.norm_groups} (GroupNorm): ch {self.ch}, ch_mult {self.ch_mult}")
         if self.perceptual_weight > 0 and not self.perceptual_path:
             raise ValueError("perceptual_weight > 0 needs perceptual_path: a local safetensors "
                              "file with LPIPS-style VGG16 weights (nothing is downloaded)")

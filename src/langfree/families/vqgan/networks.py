@@ -21,17 +21,17 @@ from torch import nn
 from langfree.families.vqgan.config import VQGANConfig
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """norm → swish → conv, twice, plus a 1×1 ``nin_shortcut`` when the width changes."""
 
-    def __init__(self, c_in: int, c_out: int, dropout: float) -> None:
+    def __init__(self, c_in: int, c_out: int, dropout: float, groups: int = 32) -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.dropout = nn.Dropout(dropout)
         if c_in != c_out:
             self.nin_shortcut = nn.Conv2d(c_in, c_out, 1)
@@ -46,9 +46,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H·W positions, 1×1 conv projections."""
 
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = _norm(c)
+        self.norm = _norm(c, groups)
         self.q, self.k, self.v = (nn.Conv2d(c, c, 1) for _ in range(3))
         self.proj_out = nn.Conv2d(c, c, 1)
 
@@ -85,10 +85,10 @@ def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
     return level
 
 
-def _mid(c: int, dropout: float) -> nn.Module:
+def _mid(c: int, dropout: float, groups: int) -> nn.Module:
     mid = nn.Module()
     mid.block_1, mid.attn_1, mid.block_2 = (
-        ResnetBlock(c, c, dropout), AttnBlock(c), ResnetBlock(c, c, dropout))
+        ResnetBlock(c, c, dropout, groups), AttnBlock(c, groups), ResnetBlock(c, c, dropout, groups))
     return mid
 
 
@@ -106,17 +106,17 @@ class Encoder(nn.Module):
             c_in, c_out = ch * mult[i], ch * mult[i + 1]
             blocks, attns = [], []
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResnetBlock(c_in, c_out, cfg.dropout))
+                blocks.append(ResnetBlock(c_in, c_out, cfg.dropout, cfg.norm_groups))
                 c_in = c_out
                 if res in cfg.attn_resolutions:
-                    attns.append(AttnBlock(c_out))
+                    attns.append(AttnBlock(c_out, cfg.norm_groups))
             level = _level(blocks, attns)
             if i != len(cfg.ch_mult) - 1:
                 level.downsample = Downsample(c_out)
                 res //= 2
             self.down.append(level)
-        self.mid = _mid(c_in, cfg.dropout)
-        self.norm_out = _norm(c_in)
+        self.mid = _mid(c_in, cfg.dropout, cfg.norm_groups)
+        self.norm_out = _norm(c_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(c_in, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,23 +138,23 @@ class Decoder(nn.Module):
         ch, n = cfg.ch, len(cfg.ch_mult)
         c_in, res = ch * cfg.ch_mult[-1], cfg.resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(cfg.z_channels, c_in, 3, padding=1)
-        self.mid = _mid(c_in, cfg.dropout)
+        self.mid = _mid(c_in, cfg.dropout, cfg.norm_groups)
         levels: list[nn.Module] = []
         for i in reversed(range(n)):  # built top-down, stored by level index like the encoder
             c_out = ch * cfg.ch_mult[i]
             blocks, attns = [], []
             for _ in range(cfg.num_res_blocks + 1):
-                blocks.append(ResnetBlock(c_in, c_out, cfg.dropout))
+                blocks.append(ResnetBlock(c_in, c_out, cfg.dropout, cfg.norm_groups))
                 c_in = c_out
                 if res in cfg.attn_resolutions:
-                    attns.append(AttnBlock(c_out))
+                    attns.append(AttnBlock(c_out, cfg.norm_groups))
             level = _level(blocks, attns)
             if i != 0:
                 level.upsample = Upsample(c_out)
                 res *= 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(c_in)
+        self.norm_out = _norm(c_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(c_in, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
