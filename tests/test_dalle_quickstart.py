@@ -37,7 +37,7 @@ def test_dalle_stage_plans_for_the_cli():
     assert fp == dataclasses.replace(PLAN, kimg=12.0)  # --kimg sets the transformer's length
 
 
-def test_quickstart_dalle_micro(tmp_path):
+def test_quickstart_dalle_micro(tmp_path, capfd):
     from langfree.families.dalle.quickstart import SMOKE_PLAN as DALLE_SMOKE
 
     out = tmp_path / "qs"
@@ -55,7 +55,11 @@ def test_quickstart_dalle_micro(tmp_path):
     d = report["dalle"]
     assert d["condition"] == "clip" and d["rerank"] == 1
     assert d["clip_noise"] == pytest.approx((1 / 0.9 ** 2 - 1) ** 0.5, abs=1e-3)  # from the cos
-    assert report["vqgan"]["psnr"] is not None and report["vqgan_minutes"] >= 0
+    assert report["vqgan"]["psnr"] is not None and report["vqgan"]["minutes"] > 0
+    # the VQGAN trained once, in stage 2's second process (the side job), and stage 4 reused it
+    assert "second core: the evaluator is done; now langfree.families.dalle.quickstart:" \
+        "train_vqgan" in capfd.readouterr().out
+    assert len([p for p in (out / "vqgan").iterdir() if p.is_dir()]) == 1
     assert report["fid"]["sample_options"]["guidance_scale"] == fp.guidance_scale
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     c = config["config"]

@@ -80,12 +80,18 @@ class FamilyStage:
         sizes are fields of ``QuickstartPlan`` (LAFITE's ``gan_*``)
     kimg_field: the field ``--kimg`` sets (of ``plan`` when there is one, else of
         ``QuickstartPlan``)
+    side: "module:attr" of ``side(ctx: SideContext) -> None``, or None: the part of the family's
+        training that needs no CLIP (an autoencoder, a base pipeline). It runs in stage 2's
+        second process once the attribute evaluator is done, on the core the CLIP leaves free,
+        and writes through ``train_once`` into the outdir, so that ``train`` finds the run
+        finished and reuses it (calling the same request again).
     """
 
     train: str | Callable[[StageContext], Path]
     plan: Any = None
     smoke_plan: Any = None
     kimg_field: str = "gan_kimg"
+    side: str | None = None
 
     def plans(self, plan: QuickstartPlan, family_plan: Any, smoke: bool, kimg: float | None
               ) -> tuple[QuickstartPlan, Any]:
@@ -98,6 +104,17 @@ class FamilyStage:
             else:
                 family_plan = dataclasses.replace(family_plan, **{self.kimg_field: kimg})
         return plan, family_plan
+
+
+@dataclass(frozen=True)
+class SideContext:
+    """What a family's side job sees (it runs in a spawned process: plain, picklable fields)."""
+
+    out: Path
+    plan: QuickstartPlan
+    family_plan: Any
+    images_zip: Path
+    eval_zip: Path
 
 
 @dataclass
@@ -228,26 +245,36 @@ def _pseudo_text_noise(clip_dir: Path, clip_zip: Path, clip_metrics: dict, plan:
             "image_noise": round(noise_for_cosine(used, weight), 4)}
 
 
-def _evaluator_worker(eval_zip: str, evaluator_dir: str, seed: int, max_images: int) -> None:
+def _second_core(eval_zip: str, evaluator_dir: str, seed: int, max_images: int,
+                 side: str | None, side_ctx: SideContext | None) -> None:
+    """Stage 2's second process, one thread: the attribute evaluator, then the family's side job."""
     import torch
 
+    from langfree.families.spec import resolve
     from langfree.metrics.attributes import train_attribute_evaluator
 
     torch.set_num_threads(1)
-    train_attribute_evaluator(eval_zip, evaluator_dir, seed=seed, max_images=max_images,
-                              log=lambda m: print(f"    {m}", flush=True))
+    if not (Path(evaluator_dir) / "evaluator.json").exists():
+        train_attribute_evaluator(eval_zip, evaluator_dir, seed=seed, max_images=max_images,
+                                  log=lambda m: print(f"    {m}", flush=True))
+    if side is not None:
+        print(f"    second core: the evaluator is done; now {side}", flush=True)
+        resolve(side)(side_ctx)
 
 
-def _start_evaluator(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan):
-    """Train the shapes evaluator in a separate process (spawned: no torch state shared) so it
-    runs on the second core while the CLIP trains on the first. None when it already exists."""
+def _start_second_core(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan,
+                       side: str | None = None, side_ctx: SideContext | None = None):
+    """Train the shapes evaluator (then the family's side job) in a separate process (spawned:
+    no torch state shared) so it runs on the second core while the CLIP trains on the first.
+    None when there is nothing to do."""
     import multiprocessing
 
-    if (evaluator_dir / "evaluator.json").exists():
+    if side is None and (evaluator_dir / "evaluator.json").exists():
         return None
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_evaluator_worker, name="attribute-evaluator",
-                       args=(str(eval_zip), str(evaluator_dir), plan.seed, plan.evaluator_images))
+    proc = ctx.Process(target=_second_core, name="attribute-evaluator",
+                       args=(str(eval_zip), str(evaluator_dir), plan.seed, plan.evaluator_images,
+                             side, side_ctx))
     proc.start()
     return proc
 
@@ -331,21 +358,25 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     gan_zip = _write_shapes_split(out / "data" / "gan-images-only.zip", plan.gan_images, R, GAN_SEED, False)
     eval_zip = _write_shapes_split(out / "data" / "eval.zip", plan.eval_images, R, EVAL_SEED, True)
 
+    side = f" and then {stage.side.rsplit(':', 1)[-1]}" if stage.side else ""
     stages.start("2/6 training the small CLIP on the captioned split, and (in a second process, "
-                 "one core each) the attribute evaluator on the eval split")
+                 f"one core each) the attribute evaluator on the eval split{side}")
     evaluator_dir = out / "evaluator"
-    worker = _start_evaluator(eval_zip, evaluator_dir, plan)
+    worker = _start_second_core(eval_zip, evaluator_dir, plan, stage.side, SideContext(
+        out=out, plan=plan, family_plan=family_plan, images_zip=gan_zip, eval_zip=eval_zip))
     torch.set_num_threads(1)
     try:
         clip_metrics = _train_clip(clip_zip, out / "clip", plan)
     finally:
         torch.set_num_threads(threads)
     log(f"    CLIP retrieval_top1 {clip_metrics.get('retrieval_top1')}")
-    stages.start("3/6 waiting for the attribute evaluator (its accuracy on held-out real images is the ceiling)")
+    stages.start("3/6 waiting for the attribute evaluator (its accuracy on held-out real images is "
+                 f"the ceiling){side}")
     if worker is not None:
         worker.join()
         if worker.exitcode != 0:
-            raise RuntimeError(f"training the attribute evaluator failed (exit {worker.exitcode}); see above")
+            raise RuntimeError(f"the second core's work (attribute evaluator{side}) failed "
+                               f"(exit {worker.exitcode}); see above")
     evaluator = load_attribute_evaluator(evaluator_dir)
     ceiling = evaluator.ceiling
     log("    evaluator ceiling " + "  ".join(f"{k} {v:.3f}" for k, v in ceiling.items()))

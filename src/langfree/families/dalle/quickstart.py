@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langfree.quickstart import FamilyStage, StageContext, last_tick, train_once
+from langfree.quickstart import FamilyStage, SideContext, StageContext, last_tick, train_once
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,23 @@ def clip_noise(ctx: StageContext) -> dict[str, float]:
             "clip_noise": round(pseudo["image_noise"] / pseudo["image_weight"], 4)}
 
 
+def _vqgan_request(out: Path, plan: Any, fp: DalleQuickstartPlan, images_zip: Path):
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest
+
+    return TrainRequest(
+        "vqgan", data=images_zip, preset=fp.vqgan_preset, metrics="none",
+        overrides=list(fp.vqgan_overrides),
+        options=TrainOptions(outdir=str(out / "vqgan"), kimg=fp.vqgan_kimg,
+                             batch=fp.vqgan_batch, tick_kimg=fp.tick_kimg, snap=1000,
+                             seed=plan.seed))
+
+
+def train_vqgan(ctx: SideContext) -> None:
+    """The side job: the VQGAN needs no CLIP, so it trains on stage 2's second core."""
+    train_once(_vqgan_request(ctx.out, ctx.plan, ctx.family_plan, ctx.images_zip))
+
+
 def _stage(ctx: StageContext) -> Path:
     from langfree.training.options import TrainOptions
     from langfree.training.run import TrainRequest
@@ -61,16 +78,10 @@ def _stage(ctx: StageContext) -> Path:
     noise = clip_noise(ctx)
     ctx.log(f"    captions sit at cosine {noise['paired_cosine']} from their images under this "
             f"CLIP: the clip prefix trains on pseudo text features with ξ {noise['clip_noise']}")
-    ctx.stages.start(f"4/6 training the VQGAN on {plan.gan_images} images without captions "
-                     f"({fp.vqgan_kimg:g} kimg), then DALL·E language-free on them "
-                     f"({fp.kimg:g} kimg)")
-    t0 = time.time()
-    vqgan = train_once(TrainRequest(
-        "vqgan", data=ctx.images_zip, preset=fp.vqgan_preset, metrics="none",
-        overrides=list(fp.vqgan_overrides),
-        options=TrainOptions(outdir=str(ctx.out / "vqgan"), kimg=fp.vqgan_kimg,
-                             batch=fp.vqgan_batch, tick_kimg=fp.tick_kimg, snap=1000,
-                             seed=plan.seed)))
+    ctx.stages.start(f"4/6 the VQGAN on {plan.gan_images} images without captions "
+                     f"({fp.vqgan_kimg:g} kimg, trained beside the CLIP), then DALL·E "
+                     f"language-free on them ({fp.kimg:g} kimg)")
+    vqgan = train_once(_vqgan_request(ctx.out, plan, fp, ctx.images_zip))  # reused when done
     t1 = time.time()
     sample = {"guidance_scale": fp.guidance_scale, "rerank": fp.rerank}
     snapshot = train_once(TrainRequest(
@@ -85,15 +96,18 @@ def _stage(ctx: StageContext) -> Path:
     ctx.sample.update(sample)
     ctx.report.update(dalle={"condition": "clip", "rerank": fp.rerank,
                              "guidance_scale": fp.guidance_scale, **noise},
-                      vqgan=_vqgan_figures(vqgan), vqgan_minutes=round((t1 - t0) / 60, 2),
+                      vqgan=_vqgan_figures(vqgan),
                       dalle_minutes=round((time.time() - t1) / 60, 2))
     return snapshot
 
 
 def _vqgan_figures(snapshot: Path) -> dict[str, Any]:
     """The VQGAN run's last tick: reconstruction PSNR and codebook use."""
-    return last_tick(snapshot, {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
-                            "dead_share": "Loss/main/dead_share"})
+    figures = last_tick(snapshot, {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
+                                   "dead_share": "Loss/main/dead_share",
+                                   "seconds": "Progress/time"})
+    figures["minutes"] = round((figures.pop("seconds") or 0.0) / 60, 2)  # one core, beside CLIP
+    return figures
 
 
 PLAN = DalleQuickstartPlan()
@@ -102,4 +116,5 @@ SMOKE_PLAN = DalleQuickstartPlan(
     overrides=("dim=32", "depth=1", "heads=2", "ff_mult=2"),
     vqgan_overrides=("ch=32", "z_channels=32", "n_embed=64", "disc_start=1000000"))
 
-STAGE = FamilyStage(train=_stage, plan=PLAN, smoke_plan=SMOKE_PLAN, kimg_field="kimg")
+STAGE = FamilyStage(train=_stage, plan=PLAN, smoke_plan=SMOKE_PLAN, kimg_field="kimg",
+                    side="langfree.families.dalle.quickstart:train_vqgan")
