@@ -133,6 +133,11 @@ class StageContext:
     log: Callable[[str], None]
     report: dict = field(default_factory=dict)  # extra report.json fields from the stage
     sample: dict = field(default_factory=dict)  # sampling options for stages 5-6 ({}: defaults)
+    # Shared stage-5 metrics to compute (keys of its ``names``; None: all). A family whose
+    # stage evaluates itself (custom-diffusion: alignment against its base) passes () and puts
+    # its figures in ``report``; the skipped ones are written as unavailable.
+    metrics: tuple[str, ...] | None = None
+    grid_prompts: list[str] | None = None  # rows of grid.png (None: the shapes prompt grid)
 
 
 # Family name -> its FamilyStage ("module:attr"). One line per family.
@@ -140,6 +145,7 @@ STAGES = {
     "lafite": "langfree.quickstart:LAFITE_STAGE",
     "maskdit": "langfree.families.maskdit.quickstart:STAGE",
     "dalle": "langfree.families.dalle.quickstart:STAGE",
+    "custom-diffusion": "langfree.families.custom_diffusion.quickstart:STAGE",
 }
 
 
@@ -312,12 +318,12 @@ LAFITE_STAGE = FamilyStage(train=_lafite_stage)
 
 
 def _grid(family, encoder, snapshot: Path, outdir: Path, plan: QuickstartPlan,
-          options: Any = None) -> Path:
+          options: Any = None, prompts: list[str] | None = None) -> Path:
     from langfree.data.shapes import prompt_grid
     from langfree.sampling.conditions import build_conditions
     from langfree.sampling.generate import generate_grid, write_outputs
 
-    prompts = [p for p, _ in prompt_grid(plan.grid_prompts)]
+    prompts = prompts or [p for p, _ in prompt_grid(plan.grid_prompts)]
     seeds = list(range(plan.grid_seeds))
     conditions = build_conditions(encoder, prompts)
     options = options if options is not None else family.SampleOptions()
@@ -396,18 +402,26 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
              "pr": f"pr{plan.fid_samples}3",
              "diversity": f"diversity{plan.diversity_samples}",
              "unprompted_coverage": f"unprompted_coverage{plan.diversity_samples}"}
+    if ctx.metrics is not None:  # the family's stage chose (e.g. it evaluated itself)
+        names = {k: v for k, v in names.items() if k in ctx.metrics}
     options = parse_sample_options(model, dict(ctx.sample))  # {} = the family's defaults
 
     def generate(conditions, seeds):
         return model.sample(conditions, seeds, options)
 
     results = compute_metrics(list(names.values()), generate, encoder, eval_zip,
-                              evaluator=evaluator, seed=plan.seed)
+                              evaluator=evaluator, seed=plan.seed) if names else {}
     for result in results.values():
         result["sample_options"] = options_dict(options)
+    skipped = {"value": None, "available": False,
+               "reason": f"not computed for family {family} (its stage reports its own figures)"}
+    results.update({f"_{k}": dict(skipped) for k in ("attributes", "r_precision", "fid", "pr",
+                                                      "diversity", "unprompted_coverage")})
+    names = {k: names.get(k, f"_{k}") for k in ("attributes", "r_precision", "fid", "pr",
+                                                "diversity", "unprompted_coverage")}
 
     stages.start("6/6 drawing grid.png from prompts")
-    grid = _grid(model, encoder, snapshot, out, plan, options)
+    grid = _grid(model, encoder, snapshot, out, plan, options, ctx.grid_prompts)
 
     manifest = json.loads((snapshot / "manifest.json").read_text())
     acc = results[names["attributes"]]

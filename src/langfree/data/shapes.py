@@ -181,10 +181,16 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int], amount: int = C
     return tuple(int(v) for v in np.clip(np.array(rgb) + rng.integers(-amount, amount + 1, 3), 0, 255))
 
 
-def _sample_object(rng: np.random.Generator, size: str | None = None) -> dict:
+def _sample_object(rng: np.random.Generator, size: str | None = None,
+                   withhold: dict[str, str] | None = None) -> dict:
     obj = {key: values[int(rng.integers(len(values)))] for key, values in ATTRIBUTES.items()}
     if size is not None:
         obj["size"] = size
+    while withhold and any(obj.get(k) == v for k, v in withhold.items()):
+        # redrawn from the same generator: still a pure function of (seed, index)
+        obj = {key: values[int(rng.integers(len(values)))] for key, values in ATTRIBUTES.items()}
+        if size is not None:
+            obj["size"] = size
     obj["_cx"], obj["_cy"], obj["_r"] = _place(rng, obj["position"], obj["size"])
     obj["_rgb"] = _jitter(rng, COLORS_RGB[obj["color"]])
     return obj
@@ -199,17 +205,22 @@ def _public(obj: dict) -> dict:
     return {k: v for k, v in obj.items() if not k.startswith("_")}
 
 
-def draw_one(seed: int, index: int, resolution: int, second_object_prob: float = 0.0
-             ) -> tuple[np.ndarray, list[str], dict]:
-    """Image ``index`` of set ``seed``: (uint8 [R, R, 3], captions, attributes)."""
+def draw_one(seed: int, index: int, resolution: int, second_object_prob: float = 0.0,
+             withhold: dict[str, str] | None = None) -> tuple[np.ndarray, list[str], dict]:
+    """Image ``index`` of set ``seed``: (uint8 [R, R, 3], captions, attributes).
+
+    ``withhold`` ({attribute: value}, e.g. {"shape": "star"}): no object of the image has that
+    value (redrawn until none has), so a model trained on the set never sees it — the concept a
+    personalisation method learns later. Without it the draws are unchanged."""
+    withhold = _check_withhold(withhold)
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    main = _sample_object(rng)
+    main = _sample_object(rng, withhold=withhold)
     background = list(BACKGROUNDS_RGB)[int(rng.integers(len(BACKGROUNDS_RGB)))]
     objects = [main]
     if second_object_prob > 0 and rng.random() < second_object_prob:
         # The second object takes a free cell; cells where it would touch the main one are refused.
         for _ in range(8):
-            second = _sample_object(rng, size=SECOND_SIZE)
+            second = _sample_object(rng, size=SECOND_SIZE, withhold=withhold)
             if second["position"] != main["position"] and not _overlaps(main, second):
                 objects.append(second)
                 break
@@ -224,6 +235,19 @@ def draw_one(seed: int, index: int, resolution: int, second_object_prob: float =
         attrs["second"] = _public(objects[1])
     captions = [caption(attrs, style, rng) for style in range(NUM_STYLES)]
     return image, captions, attrs
+
+
+def _check_withhold(withhold: dict[str, str] | None) -> dict[str, str] | None:
+    """``withhold`` checked: known attributes and values, never every value of one attribute."""
+    if not withhold:
+        return None
+    for key, value in withhold.items():
+        if key not in ATTRIBUTES or key == "size":
+            raise ValueError(f"withhold {key!r}: use one of shape, color, position")
+        if value not in ATTRIBUTES[key]:
+            raise ValueError(f"withhold {key}={value!r}: not a {key}; use one of "
+                             f"{', '.join(ATTRIBUTES[key])}")
+    return dict(withhold)
 
 
 def _check(count: int, resolution: int, second_object_prob: float) -> None:
@@ -248,18 +272,23 @@ def draw_shapes(count: int, resolution: int, seed: int, second_object_prob: floa
 
 
 def write_shapes(dest: str | os.PathLike, count: int, resolution: int, seed: int,
-                 second_object_prob: float = 0.0, progress=None) -> Path:
+                 second_object_prob: float = 0.0, progress=None,
+                 withhold: dict[str, str] | None = None) -> Path:
     """Draw the set straight into an archive (atomic), one image at a time. Returns ``dest``.
 
-    ``progress(n)`` is called after each image when given (the CLI's progress bar).
+    ``progress(n)`` is called after each image when given (the CLI's progress bar);
+    ``withhold``: see ``draw_one`` (recorded in the archive's generator entry).
     """
     from langfree.data.archive import ArchiveWriter
 
     _check(count, resolution, second_object_prob)
+    withhold = _check_withhold(withhold)
     extra = {"generator": {"name": "shapes", "seed": seed, "second_object_prob": second_object_prob}}
+    if withhold:
+        extra["generator"]["withhold"] = withhold
     with ArchiveWriter(dest, resolution, source="langfree shapes", extra=extra) as writer:
         for i in range(count):
-            image, caps, attrs = draw_one(seed, i, resolution, second_object_prob)
+            image, caps, attrs = draw_one(seed, i, resolution, second_object_prob, withhold)
             writer.add(image, captions=caps, source=f"shapes/seed{seed}/{i}", attributes=attrs)
             if progress is not None:
                 progress(1)
