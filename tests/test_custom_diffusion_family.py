@@ -136,3 +136,30 @@ def test_token_only_mode_trains_just_the_rows(dirs):
     assert not torch.equal(fam.tokens.rows, rows)
     with pytest.raises(ValueError, match="trains only the modifier tokens"):
         CustomDiffusionConfig(freeze_model="none")
+
+
+def test_full_unet_mode_trains_and_round_trips_the_unet(dirs, tmp_path):
+    """freeze_model="unet" (the full fine-tune baseline): every UNet weight trains, no
+    processors, the snapshot holds the UNet (not a reference) and the export reloads exactly."""
+    from langfree.checkpoint import load_snapshot, save_snapshot
+    from langfree.families.custom_diffusion.family import load_output_dir
+    from langfree.families.sd.sampler import sample
+
+    fam = _family(dirs, freeze_model="unet")
+    assert fam.trained() == ("unet", "tokens") and "layers" not in fam.modules()
+    assert set(fam.references()) == {"text_encoder", "vae"}
+    before = {k: v.clone() for k, v in fam.parts.unet.state_dict().items()}
+    te = {k: v.clone() for k, v in fam.parts.text_encoder.state_dict().items() if "rows" not in k}
+    _step(fam)
+    after = fam.parts.unet.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) > 0.9 * len(before)   # (almost) every tensor got an update
+    assert all(torch.equal(v, fam.parts.text_encoder.state_dict()[k]) for k, v in te.items())
+    save_snapshot(tmp_path / "snap", fam, 0.004)
+    again = load_snapshot(tmp_path / "snap", encoder=None)
+    assert all(torch.equal(after[k], v) for k, v in again.parts.unet.state_dict().items())
+    fam.export(tmp_path / "export")
+    parts, res = load_output_dir(tmp_path / "export")
+    a = sample(fam.parts, ["a <new1> square"], [3], res, 2, 3.0, 0.0)
+    b = sample(parts, ["a <new1> square"], [3], res, 2, 3.0, 0.0)
+    assert torch.equal(a, b)

@@ -32,7 +32,8 @@ def _flags() -> tuple[Flag, ...]:
         ("noaug", bool, "no random-rescale augmentation"),
         ("modifier_token", str, 'new token(s): "<new1>" or "<new1>+<new2>"'),
         ("initializer_token", str, 'word(s) whose embeddings start the new rows ("ktn+pll+ucd")'),
-        ("freeze_model", str, "crossattn_kv (default) | crossattn (also Q/out) | none (token only)"),
+        ("freeze_model", str, "crossattn_kv (default) | crossattn (also Q/out) | none (token "
+                              "only) | unet (the whole UNet: the full fine-tune baseline)"),
         ("validation_prompt", str, 'a prompt drawn in the preview grid, e.g. "<new1> cat sitting in a bucket"'),
         ("checkpointing_steps", int, "save a resumable state every N steps (250)"),
         ("set_grads_to_none", bool, "zero_grad(set_to_none=True) (torch default already)"),

@@ -129,11 +129,12 @@ def install(unet: nn.Module, freeze_model: str = "crossattn_kv") -> dict[str, Cu
 
     Returns {processor name: processor}; the names are diffusers' (``unet.attn_processors``
     keys), which prefix the keys of ``pytorch_custom_diffusion_weights``. Self-attention layers
-    keep their processors. ``freeze_model="none"`` installs nothing (token-only training).
+    keep their processors. ``freeze_model="none"`` (token-only training) and ``"unet"`` (the
+    whole UNet trains in place) install nothing.
     """
     if freeze_model not in FREEZE_MODELS:
         raise ValueError(f"--freeze_model {freeze_model!r}: use one of {', '.join(FREEZE_MODELS)}")
-    if freeze_model == "none":
+    if freeze_model in ("none", "unet"):
         return {}
     names = cross_attention_names(unet)
     if not names:
@@ -181,6 +182,6 @@ def trainable_parameter_names(unet: nn.Module, freeze_model: str) -> list[str]:
     wanted = {"crossattn_kv": ("to_k_custom_diffusion", "to_v_custom_diffusion"),
               "crossattn": ("to_k_custom_diffusion", "to_v_custom_diffusion",
                             "to_q_custom_diffusion", "to_out_custom_diffusion"),
-              "none": ()}[freeze_model]
+              "none": (), "unet": ()}[freeze_model]
     return [n for n, _ in unet.named_parameters()
             if ".processor." in n and any(w + "." in n for w in wanted)]

@@ -6,7 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-FREEZE_MODELS = ("crossattn_kv", "crossattn", "none")  # "none": token row only (textual inversion)
+# "none": token row only (textual inversion); "unet": the whole UNet + token rows (the paper's
+# full fine-tune baseline, DreamBooth-like). Both are langfree's, for the comparison table.
+FREEZE_MODELS = ("crossattn_kv", "crossattn", "none", "unet")
 
 
 @dataclass(frozen=True)

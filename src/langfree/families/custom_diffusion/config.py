@@ -47,7 +47,7 @@ class CustomDiffusionConfig:
     # --- what is trained
     modifier_token: str | None = None   # "<new1>" or "<new1>+<new2>"
     initializer_token: str = "ktn+pll+ucd"
-    freeze_model: str = "crossattn_kv"  # crossattn_kv | crossattn | none (token only, langfree)
+    freeze_model: str = "crossattn_kv"  # crossattn_kv | crossattn | none (token only) | unet (all)
     # --- optimisation (AdamW as the official script)
     train_batch_size: int = 4
     learning_rate: float = 1e-5

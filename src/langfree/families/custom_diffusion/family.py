@@ -6,7 +6,9 @@ Modules (names the loop sees):
   unet, text_encoder, vae              the frozen base, *references* (spec + digest), never
                                        copied into snapshots; ``layers``/``tokens`` are
                                        installed inside them, so the loop must move them in
-                                       place (``.to``), never copy them.
+                                       place (``.to``), never copy them. With
+                                       ``freeze_model="unet"`` (the full fine-tune baseline)
+                                       the UNet itself trains and is saved, not referenced.
 Data is family-owned: ``dataset()`` gives the instance (and class) images as a torch Dataset
 under the loop's key contract (``data.ConceptImages``); the train command hands it to the loop
 instead of an archive (``needs`` is empty), with the loop's batch = ``train_batch_size``.
@@ -59,6 +61,8 @@ class CustomDiffusionFamily:
 
         parts = parts or load_pipeline_dir(self.config.pretrained_model_name_or_path)
         self._digests = {n: state_digest(getattr(parts, n)) for n in BASE_MODULES}
+        if self.config.freeze_model == "unet":
+            parts.unet.requires_grad_(True)
         with torch.random.fork_rng():  # installation draws nothing, but keep the RNG pristine
             procs = install(parts.unet, self.config.freeze_model)
         self.layers = CustomDiffusionLayers(procs)
@@ -84,7 +88,8 @@ class CustomDiffusionFamily:
         return out
 
     def trained(self) -> tuple[str, ...]:
-        return tuple(n for n in ("layers", "tokens") if n in self.modules())
+        whole = ("unet",) if self.config.freeze_model == "unet" else ()
+        return whole + tuple(n for n in ("layers", "tokens") if n in self.modules())
 
     def snapshot_modules(self) -> tuple[str, ...]:
         return self.trained()
@@ -92,7 +97,8 @@ class CustomDiffusionFamily:
     def references(self) -> dict[str, Reference]:
         self.attach_base()
         spec = str(self.config.pretrained_model_name_or_path)
-        return {n: Reference(f"{spec}#{n}", self._digests[n]) for n in BASE_MODULES}
+        return {n: Reference(f"{spec}#{n}", self._digests[n]) for n in BASE_MODULES
+                if n not in self.trained()}
 
     def ema_pairs(self) -> list[tuple[str, str]]:
         return []  # the official script keeps no EMA
@@ -208,6 +214,8 @@ class CustomDiffusionFamily:
         <token>.safetensors per modifier token (diffusers' keys and formats)."""
         self.attach_base()
         save_custom_diffusion(dirpath, self.layers, self.token_rows())
+        if self.config.freeze_model == "unet":  # the full fine-tune: the whole UNet (diffusers)
+            self.parts.unet.save_pretrained(Path(dirpath) / "unet", safe_serialization=True)
         # which base the files personalise (the official output dir does not record it)
         (Path(dirpath) / BASE_RECORD).write_text(json.dumps({
             "pretrained_model_name_or_path": str(self.config.pretrained_model_name_or_path),

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained_model_name_or_path", required=True,
                    help="local SD pipeline directory")
     p.add_argument("--freeze_model", default="crossattn_kv",
-                   choices=["crossattn_kv", "crossattn", "none"])
+                   choices=["crossattn_kv", "crossattn", "none", "unet"])
     for name, kind, default in _OPTIONS:
         if kind == "flag":
             p.add_argument(f"--{name}", action="store_true")

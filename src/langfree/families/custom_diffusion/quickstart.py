@@ -102,7 +102,7 @@ def _export_base(snapshot: Path, out: Path) -> Path:
     return dest
 
 
-def _concept_data(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan) -> dict[str, Path]:
+def concept_data(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan) -> dict[str, Path]:
     """Instance images (5 of the concept), held-out images of it, and the real prior's folder
     (images.txt + caption.txt, the official retrieval layout) from the base's split."""
     from langfree.data.archive import ImageArchive
@@ -132,8 +132,9 @@ def _concept_data(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan) -> di
     return {"instance": inst, "heldout": held, "prior": prior}
 
 
-def _concept_request(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan, base: Path,
-                     data: dict[str, Path]):
+def concept_request(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan, base: Path,
+                    data: dict[str, Path], name: str = "concept"):
+    """The Custom Diffusion run: output_dir ``out/name``, run dir under ``out/name-run``."""
     from langfree.training.options import TrainOptions
     from langfree.training.run import TrainRequest
 
@@ -144,12 +145,12 @@ def _concept_request(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan, ba
         "real_prior": True, "class_data_dir": str(data["prior"]),
         "num_class_images": fp.class_images, "max_train_steps": fp.steps,
         "train_batch_size": fp.batch, "learning_rate": fp.learning_rate,
-        "freeze_model": fp.freeze_model, "output_dir": str(out / "concept"),
+        "freeze_model": fp.freeze_model, "output_dir": str(out / name),
         "validation_prompt": _prompts(fp)[0]["prompt"], "seed": plan.seed}
     return TrainRequest(
         "custom-diffusion", preset="tiny", family_options=options, metrics="none",
         sample=[f"{k}={v}" for k, v in _sample(fp).items()],
-        options=TrainOptions(outdir=str(out / "concept-run"), kimg=fp.steps * fp.batch / 1000,
+        options=TrainOptions(outdir=str(out / f"{name}-run"), kimg=fp.steps * fp.batch / 1000,
                              batch=fp.batch, tick_kimg=fp.steps * fp.batch / 4000, snap=1000,
                              seed=plan.seed))
 
@@ -174,9 +175,9 @@ def _stage(ctx: StageContext) -> Path:
     t0 = time.time()
     base_snapshot = train_once(_base_request(ctx.out, plan, fp))  # reused when the side job ran
     base = _export_base(base_snapshot, ctx.out)
-    data = _concept_data(ctx.out, plan, fp)
+    data = concept_data(ctx.out, plan, fp)
     t1 = time.time()
-    snapshot = train_once(_concept_request(ctx.out, plan, fp, base, data))
+    snapshot = train_once(concept_request(ctx.out, plan, fp, base, data))
     if not (ctx.out / "concept" / "custom_diffusion_base.json").is_file():  # a reused run
         shutil.copytree(snapshot / "export", ctx.out / "concept", dirs_exist_ok=True)
     t2 = time.time()
@@ -203,49 +204,65 @@ def evaluate(ctx: StageContext, fp: CustomDiffusionQuickstartPlan, base: Path, c
     """Text and image alignment, and the shapes evaluator's reading, of the base (prompted with
     the plain word) and the personalised pipeline (prompted with the token), on the same seeds;
     the samples go to DIR/alignment/{base,custom}.png (rows prompts, columns seeds)."""
-    import torch
-
-    from langfree.encoders import load_encoder
-    from langfree.families.custom_diffusion.alignment import (
-        alignment,
-        attribute_scores,
-        self_similarity,
-    )
-    from langfree.families.custom_diffusion.data import image_files, load_square
     from langfree.families.custom_diffusion.family import load_output_dir
     from langfree.families.sd.pipeline import load_pipeline_dir
-    from langfree.families.sd.sampler import sample
-    from langfree.metrics.attributes import load_attribute_evaluator
 
-    encoder = load_encoder(str(ctx.encoder_dir))
-    evaluator = load_attribute_evaluator(ctx.out / "evaluator")
-    R = ctx.plan.resolution
-    targets = torch.stack([load_square(p, R) for p in image_files(heldout)])  # (M, 3, R, R)
-    prompts = _prompts(fp)
-    rows = [p for p in prompts for _ in range(fp.eval_seeds)]
-    seeds = [s for _ in prompts for s in range(fp.eval_seeds)]
-    plain = [p["plain"] for p in rows]
-    wanted = [p["attrs"] for p in rows]
-    o = _sample(fp)
-    custom_parts, _ = load_output_dir(concept, base)
-    out: dict[str, dict] = {"text_alignment": {}, "image_alignment": {}, "concept_attributes": {}}
-    for name, parts, text in (("base", load_pipeline_dir(base), plain),
-                              ("custom", custom_parts, [p["prompt"] for p in rows])):
-        images = sample(parts, text, seeds, R, o["num_inference_steps"], o["guidance_scale"],
-                        o["eta"])                                            # (N, 3, R, R)
-        scores = alignment(encoder, images, plain, targets)
-        out["text_alignment"][name] = scores["text_alignment"]
-        out["image_alignment"][name] = scores["image_alignment"]
-        out["concept_attributes"][name] = attribute_scores(evaluator, images, wanted)
-        _save_rows(images, len(prompts), ctx.out / "alignment" / f"{name}.png")
-    # the reachable top: held-out images against each other (pairs of distinct images)
-    out["image_alignment"]["heldout_pairs"] = self_similarity(encoder, targets)
-    out["alignment_protocol"] = {
-        "encoder": str(ctx.encoder_dir), "prompts": [p["prompt"] for p in prompts],
-        "seeds": list(range(fp.eval_seeds)), "sample_options": o,
-        "text": "mean cos(image, prompt with the plain word); base prompted with the plain word",
-        "image": f"mean cos(image, each of {len(targets)} held-out concept images)"}
+    scorer = Scorer(ctx.out, ctx.encoder_dir, ctx.plan.resolution, fp, heldout)
+    out: dict[str, Any] = {"text_alignment": {}, "image_alignment": {}, "concept_attributes": {}}
+    for name, parts, token in (("base", load_pipeline_dir(base), False),
+                               ("custom", load_output_dir(concept, base)[0], True)):
+        scores = scorer(parts, token, ctx.out / "alignment" / f"{name}.png")
+        for key in out:
+            out[key][name] = scores[key]
+    out["image_alignment"]["heldout_pairs"] = scorer.reachable  # real images against each other
+    out["alignment_protocol"] = scorer.protocol()
     return out
+
+
+class Scorer:
+    """Samples one pipeline from the concept prompts (``fp.eval_prompts`` x ``fp.eval_seeds``)
+    and scores it: text and image alignment with the small CLIP, the evaluator's reading."""
+
+    def __init__(self, out: Path, encoder_dir: Path, resolution: int,
+                 fp: CustomDiffusionQuickstartPlan, heldout: Path):
+        import torch
+
+        from langfree.encoders import load_encoder
+        from langfree.families.custom_diffusion.alignment import self_similarity
+        from langfree.families.custom_diffusion.data import image_files, load_square
+        from langfree.metrics.attributes import load_attribute_evaluator
+
+        self.fp, self.resolution, self.encoder_dir = fp, resolution, encoder_dir
+        self.encoder = load_encoder(str(encoder_dir))
+        self.evaluator = load_attribute_evaluator(out / "evaluator")
+        self.targets = torch.stack([load_square(p, resolution) for p in image_files(heldout)])
+        self.prompts = _prompts(fp)
+        self.rows = [p for p in self.prompts for _ in range(fp.eval_seeds)]
+        self.seeds = [s for _ in self.prompts for s in range(fp.eval_seeds)]
+        self.reachable = self_similarity(self.encoder, self.targets)
+
+    def __call__(self, parts, token: bool, grid: Path | None = None) -> dict[str, Any]:
+        """``token``: prompt with the modifier token (else with the plain word)."""
+        from langfree.families.custom_diffusion.alignment import alignment, attribute_scores
+        from langfree.families.sd.sampler import sample
+
+        o = _sample(self.fp)
+        texts = [p["prompt" if token else "plain"] for p in self.rows]
+        images = sample(parts, texts, self.seeds, self.resolution, o["num_inference_steps"],
+                        o["guidance_scale"], o["eta"])                   # (N, 3, R, R)
+        scores = alignment(self.encoder, images, [p["plain"] for p in self.rows], self.targets)
+        scores["concept_attributes"] = attribute_scores(self.evaluator, images,
+                                                        [p["attrs"] for p in self.rows])
+        if grid is not None:
+            _save_rows(images, len(self.prompts), grid)
+        return scores
+
+    def protocol(self) -> dict[str, Any]:
+        return {"encoder": str(self.encoder_dir), "prompts": [p["prompt"] for p in self.prompts],
+                "seeds": list(range(self.fp.eval_seeds)), "sample_options": _sample(self.fp),
+                "text": "mean cos(image, prompt with the plain word); base prompted with the "
+                        "plain word",
+                "image": f"mean cos(image, each of {len(self.targets)} held-out concept images)"}
 
 
 def _save_rows(images, rows: int, path: Path) -> None:

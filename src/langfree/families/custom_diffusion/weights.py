@@ -178,8 +178,14 @@ def load_token_embeddings(tokenizer, text_encoder: nn.Module, paths: list[str | 
 
 def load_into(parts, dirpath: str | Path) -> None:
     """Restore a training output dir into SD components (``SDComponents`` or a pipeline): the
-    processors onto the UNet and the modifier tokens into tokenizer + text encoder."""
+    processors onto the UNet (or, from a full fine-tune, the UNet itself) and the modifier
+    tokens into tokenizer + text encoder."""
     dirpath = Path(dirpath)
+    if (dirpath / "unet" / "config.json").is_file():  # freeze_model "unet": the whole UNet
+        from diffusers import UNet2DConditionModel
+
+        parts.unet = UNet2DConditionModel.from_pretrained(dirpath / "unet", local_files_only=True)
+        parts.unet.float().eval().requires_grad_(False)
     if any((dirpath / n).is_file() for n in (WEIGHTS_NAME, WEIGHTS_NAME_BIN)):
         load_custom_diffusion(parts.unet, dirpath)
     files = token_files(dirpath)
