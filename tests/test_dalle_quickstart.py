@@ -60,6 +60,8 @@ def test_quickstart_dalle_micro(tmp_path, capfd):
     assert "second core: the evaluator is done; now langfree.families.dalle.quickstart:" \
         "train_vqgan" in capfd.readouterr().out
     assert len([p for p in (out / "vqgan").iterdir() if p.is_dir()]) == 1
+    ceiling = report["vqgan"]["ceiling"]  # the evaluator on the VQGAN's reconstructions
+    assert ceiling["images"] == MICRO.eval_images and 0.0 <= ceiling["reconstructed"]["color"] <= 1
     assert report["fid"]["sample_options"]["guidance_scale"] == fp.guidance_scale
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     c = config["config"]

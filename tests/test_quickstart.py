@@ -79,12 +79,29 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
     assert set(report["bars"]) == set(lafite["bars"])
     assert report["family"] == "maskdit" and "pseudo_text" not in report
     assert report["vae"]["psnr"] is not None and report["vae_minutes"] >= 0
+    ceiling = report["vae"]["ceiling"]  # the evaluator on the VAE's reconstructions
+    assert ceiling["images"] > 0 and set(ceiling["reconstructed"]) == set(ceiling["real"])
     assert report["fid"]["sample_options"] == {"steps": 2, "guidance_scale": 1.0}
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
     assert Path(config["config"]["vae"]).is_relative_to(out / "vae")
     grid = Image.open(out / "grid.png")
     assert grid.size == (SMOKE_PLAN.grid_seeds * 32, SMOKE_PLAN.grid_prompts * 32)
+
+
+def test_reconstruction_ceiling_scores_reconstructions_not_originals(lafite_smoke):
+    from langfree.metrics.attributes import load_attribute_evaluator
+    from langfree.quickstart import StageContext, reconstruction_ceiling
+
+    ctx = StageContext(out=lafite_smoke, plan=SMOKE_PLAN, family_plan=None, clip_zip=Path(),
+                       images_zip=Path(), eval_zip=lafite_smoke / "data" / "eval.zip",
+                       encoder_dir=Path(), clip_metrics={}, stages=None, log=print,
+                       evaluator=load_attribute_evaluator(lafite_smoke / "evaluator"))
+    exact = reconstruction_ceiling(ctx, lambda x: x, count=64)
+    assert exact["reconstructed"] == exact["real"] and exact["psnr"] > 40
+    flat = reconstruction_ceiling(ctx, lambda x: x.mean(dim=(2, 3), keepdim=True).expand_as(x),
+                                  count=64)  # one colour per image: no object left
+    assert flat["real"] == exact["real"] and flat["psnr"] < exact["psnr"]
 
 
 def test_quickstart_unknown_family_says_which_exist(tmp_path):

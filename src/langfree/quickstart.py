@@ -131,6 +131,7 @@ class StageContext:
     clip_metrics: dict
     stages: Stages
     log: Callable[[str], None]
+    evaluator: Any = None   # the attribute evaluator (stage 3)
     report: dict = field(default_factory=dict)  # extra report.json fields from the stage
     sample: dict = field(default_factory=dict)  # sampling options for stages 5-6 ({}: defaults)
     # Shared stage-5 metrics to compute (keys of its ``names``; None: all). A family whose
@@ -182,6 +183,30 @@ def last_tick(snapshot: Path, keys: dict[str, str]) -> dict[str, Any]:
     stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
     last = json.loads(stats[-1]) if stats else {}
     return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+
+
+def reconstruction_ceiling(ctx: StageContext, reconstruct: Callable[[Any], Any],
+                           count: int = 1000, batch: int = 200) -> dict[str, Any]:
+    """Attribute accuracy of an autoencoder's reconstructions of ``count`` eval images, beside
+    the same images' own: what a generator in that latent space can score at best (a latent
+    family's attributes cannot beat it). ``reconstruct``: float [B, 3, R, R] in [-1, 1] -> the
+    same. For the stages of latent families (dalle's VQGAN, maskdit's VAE)."""
+    import torch
+
+    from langfree.data.archive import ImageArchive
+    from langfree.metrics.attributes import _labels, to_uint8
+
+    archive = ImageArchive(ctx.eval_zip)
+    indices = list(range(min(count, len(archive))))
+    real = archive.images(indices)  # uint8 [N, 3, R, R]
+    with torch.no_grad():
+        rec = torch.cat([to_uint8(reconstruct(real[i:i + batch].float() / 127.5 - 1.0))
+                         for i in range(0, len(real), batch)])
+    labels = _labels(archive, indices, ctx.evaluator.attributes)
+    mse = ((rec.float() - real.float()) / 127.5).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    return {"images": len(indices), "psnr": round(float((10 * torch.log10(4.0 / mse)).mean()), 2),
+            "reconstructed": {k: round(v, 4) for k, v in ctx.evaluator.accuracy(rec, labels).items()},
+            "real": {k: round(v, 4) for k, v in ctx.evaluator.accuracy(real, labels).items()}}
 
 
 class Stages:
@@ -389,7 +414,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
 
     ctx = StageContext(out=out, plan=plan, family_plan=family_plan, clip_zip=clip_zip,
                        images_zip=gan_zip, eval_zip=eval_zip, encoder_dir=out / "clip",
-                       clip_metrics=clip_metrics, stages=stages, log=log)
+                       clip_metrics=clip_metrics, stages=stages, log=log, evaluator=evaluator)
     snapshot = resolve(stage.train)(ctx)
 
     stages.start("5/6 evaluating: attribute accuracy, R-precision, FID, precision/recall, "

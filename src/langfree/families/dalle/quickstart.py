@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langfree.quickstart import FamilyStage, SideContext, StageContext, last_tick, train_once
+from langfree.quickstart import (
+    FamilyStage,
+    SideContext,
+    StageContext,
+    last_tick,
+    reconstruction_ceiling,
+    train_once,
+)
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,17 @@ def _stage(ctx: StageContext) -> Path:
     ctx.sample.update(sample)
     ctx.report.update(dalle={"condition": "clip", "rerank": fp.rerank,
                              "guidance_scale": fp.guidance_scale, **noise},
-                      vqgan=_vqgan_figures(vqgan),
+                      vqgan={**_vqgan_figures(vqgan), "ceiling": _vqgan_ceiling(ctx, vqgan)},
                       dalle_minutes=round((time.time() - t1) / 60, 2))
     return snapshot
+
+
+def _vqgan_ceiling(ctx: StageContext, snapshot: Path) -> dict[str, Any]:
+    """The evaluator on VQGAN reconstructions: the most the transformer's codes can draw."""
+    from langfree.checkpoint import load_snapshot
+
+    vq = load_snapshot(snapshot, encoder=None).vqgan.eval()
+    return reconstruction_ceiling(ctx, lambda x: vq.decode_codes(vq.encode(x)))
 
 
 def _vqgan_figures(snapshot: Path) -> dict[str, Any]:

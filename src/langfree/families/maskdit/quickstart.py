@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from langfree.quickstart import FamilyStage, StageContext, last_tick, train_once
+from langfree.quickstart import (
+    FamilyStage,
+    StageContext,
+    last_tick,
+    reconstruction_ceiling,
+    train_once,
+)
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,17 @@ def _stage(ctx: StageContext) -> Path:
         options=TrainOptions(outdir=str(ctx.out / "maskdit"), kimg=fp.kimg, batch=fp.batch,
                              tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed)))
     ctx.sample["steps"] = fp.sample_steps
-    ctx.report.update(vae=_vae_figures(vae), vae_minutes=round((t1 - t0) / 60, 2),
+    ctx.report.update(vae={**_vae_figures(vae), "ceiling": _vae_ceiling(ctx, vae)}, vae_minutes=round((t1 - t0) / 60, 2),
                       maskdit_minutes=round((time.time() - t1) / 60, 2))
     return snapshot
+
+
+def _vae_ceiling(ctx: StageContext, snapshot: Path) -> dict[str, Any]:
+    """The evaluator on VAE reconstructions (posterior mean): the most MaskDiT's latents can draw."""
+    from langfree.families.vae.latent_space import load_vae
+
+    vae = load_vae(str(snapshot))
+    return reconstruction_ceiling(ctx, lambda x: vae.decode(vae.encode(x)[0]))
 
 
 def _vae_figures(snapshot: Path) -> dict[str, Any]:
