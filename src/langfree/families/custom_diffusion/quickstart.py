@@ -44,7 +44,7 @@ class CustomDiffusionQuickstartPlan:
     instance_prompt: str = "a <new1>"
     base_images: int = 10000
     base_preset: str = "quick32"
-    base_kimg: float = 16.0          # 500 steps at batch 32 (the first vae_steps train the VAE)
+    base_kimg: float = 20.0          # 625 steps at batch 32 (the first vae_steps train the VAE)
     base_batch: int = 32
     base_overrides: tuple[str, ...] = ()
     instance_images: int = 5
@@ -75,13 +75,24 @@ def _base_request(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan):
 
 
 def _base_split(out: Path, plan: Any, fp: CustomDiffusionQuickstartPlan) -> Path:
-    """The base's captioned split: shapes with the concept withheld (written once, atomic)."""
-    from langfree.data.shapes import write_shapes
+    """The base's captioned split: shapes with the concept withheld, each image with its
+    canonical caption only ("a large red circle at the top left": one phrasing per attribute
+    is what a text encoder trained from scratch learns in a few hundred steps; the prompts of
+    the evaluation and the grid are canonical too). Written once, atomically."""
+    from langfree.data.archive import ArchiveWriter
+    from langfree.data.shapes import draw_one
 
     dest = out / "data" / f"base-captioned-no-{fp.concept}.zip"
-    if not dest.exists():
-        write_shapes(dest, fp.base_images, plan.resolution, BASE_SEED,
-                     withhold={fp.concept_attribute: fp.concept})
+    if dest.exists():
+        return dest
+    withhold = {fp.concept_attribute: fp.concept}
+    extra = {"generator": {"name": "shapes", "seed": BASE_SEED, "withhold": withhold,
+                           "captions": "canonical"}}
+    with ArchiveWriter(dest, plan.resolution, source="langfree quickstart", extra=extra) as w:
+        for i in range(fp.base_images):
+            image, captions, attrs = draw_one(BASE_SEED, i, plan.resolution, withhold=withhold)
+            w.add(image, captions=captions[:1], source=f"shapes/seed{BASE_SEED}/{i}",
+                  attributes=attrs)
     return dest
 
 
