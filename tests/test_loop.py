@@ -83,6 +83,10 @@ def test_ema_half_life_math():
     assert beta ** (10_000 / 32) == pytest.approx(0.5)  # weight halves every 10 kimg
     assert ema_beta(32, 10, nimg=1000, rampup=0.05) == pytest.approx(0.5 ** (32 / 50))
     assert ema_beta(32, 10, nimg=10**7, rampup=0.05) == pytest.approx(beta)
+    # a per-step decay is capped the same way, and is itself once the run is long enough
+    assert ema_beta(32, None, nimg=1000, decay=0.999) == 0.999
+    assert ema_beta(32, None, nimg=1000, rampup=0.05, decay=0.999) == pytest.approx(0.5 ** (32 / 50))
+    assert ema_beta(32, None, nimg=10**7, rampup=0.05, decay=0.999) == 0.999
     src, ema = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     with torch.no_grad():
         src.weight.fill_(2.0), ema.weight.fill_(1.0), src.running_mean.fill_(5.0)

@@ -12,8 +12,16 @@ import torch
 from torch import nn
 
 
-def ema_beta(batch: int, ema_kimg: float, nimg: int = 0, rampup: float | None = None) -> float:
-    """Decay for one step of ``batch`` images; ``nimg``: images seen before this step."""
+def ema_beta(batch: int, ema_kimg: float | None, nimg: int = 0, rampup: float | None = None,
+             decay: float | None = None) -> float:
+    """Decay for one step of ``batch`` images; ``nimg``: images seen before this step. A per-step
+    ``decay`` (instead of ``ema_kimg``) is the half-life batch·ln 2 / -ln(decay) images, so the
+    rampup caps it the same way: without one, a 0.999 EMA still holds 0.999^n of the initial
+    weights after n steps (29 % after 1 250), which is what a short run would sample from."""
+    if decay is not None:
+        if rampup is None:
+            return decay
+        return min(decay, 0.5 ** (batch / max(nimg * rampup, 1e-8)))
     half_life = ema_kimg * 1000
     if rampup is not None:
         half_life = min(half_life, nimg * rampup)

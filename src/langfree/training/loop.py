@@ -285,12 +285,8 @@ class _Loop:
             if self.step % phase.interval == 0:
                 self._run_phase(phase, micro, progress)
         for src, ema in self.family.ema_pairs():
-            if self.opts["ema_decay"] is not None:
-                beta = self.opts["ema_decay"]
-            else:
-                beta = ema_beta(
-                    self.opts["batch"], self.opts["ema_kimg"], self.nimg, self.opts["ema_rampup"]
-                )
+            beta = ema_beta(self.opts["batch"], self.opts["ema_kimg"], self.nimg,
+                            self.opts["ema_rampup"], self.opts["ema_decay"])
             update_ema(self.modules[ema], self.modules[src], beta)
         self.nimg += self.opts["batch"]
         self.step += 1

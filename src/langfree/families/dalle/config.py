@@ -63,6 +63,10 @@ class DalleConfig:
     lr_min_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    # the EMA's half-life is capped at ema_rampup · images seen (StyleGAN's 0.05; None = the
+    # plain decay): a 0.999 EMA alone still holds 78 % of the random initial weights after 250
+    # steps, so a short run's snapshots would sample from mostly untrained weights
+    ema_rampup: float | None = 0.05
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:

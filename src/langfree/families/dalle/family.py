@@ -157,7 +157,7 @@ class DalleFamily:
         return [("transformer", "transformer_ema")]
 
     def default_ema(self, batch: int) -> EMA:
-        return EMA(decay=self.config.ema_decay)
+        return EMA(decay=self.config.ema_decay, rampup=self.config.ema_rampup)
 
     def lr_schedule(self) -> LRSchedule:
         return LRSchedule(warmup_kimg=self.config.warmup_kimg, kind="cosine",
