@@ -206,6 +206,7 @@ class _Loop:
             f"{o['batch_gpu']} x {o['accumulation']})  ema "
             + (f"{o['ema_kimg']:.3g} kimg  " if o["ema_kimg"] is not None else
                f"decay {o['ema_decay']}  ")
+            + (f"(ramp-up {o['ema_rampup']:g})  " if o["ema_rampup"] is not None else "")
             + f"lr {o['lr_schedule']} warm-up {o['lr_warmup_kimg']:g} kimg ramp-down "
             f"{o['lr_rampdown']:g}  "
             f"phases {', '.join(f'{p.name}/{p.interval}' for p in self.phases)}"

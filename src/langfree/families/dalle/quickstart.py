@@ -36,10 +36,10 @@ from langfree.quickstart import (
 class DalleQuickstartPlan:
     """Sizes of the dalle stage."""
 
-    vqgan_preset: str = "shapes32"
-    vqgan_kimg: float = 20.0
-    vqgan_batch: int = 32
-    preset: str = "shapes32"
+    vqgan_preset: str = "shapes32-quick"
+    vqgan_kimg: float = 10.0
+    vqgan_batch: int = 8
+    preset: str = "shapes32-quick"
     kimg: float = 40.0
     batch: int = 32
     tick_kimg: float = 4.0
