@@ -417,8 +417,10 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
                        clip_metrics=clip_metrics, stages=stages, log=log, evaluator=evaluator)
     snapshot = resolve(stage.train)(ctx)
 
-    stages.start("5/6 evaluating: attribute accuracy, R-precision, FID, precision/recall, "
-                 "diversity and unprompted coverage")
+    stages.start("5/6 evaluating: " + ("attribute accuracy, R-precision, FID, precision/recall, "
+                                       "diversity and unprompted coverage" if ctx.metrics is None
+                                       else ", ".join(ctx.metrics) or "nothing more (the family "
+                                       "stage reported its own figures)"))
     encoder = load_encoder(str(out / "clip"))
     model = load_snapshot(snapshot, encoder=encoder)
     names = {"attributes": f"attribute_accuracy{plan.attribute_samples}",
