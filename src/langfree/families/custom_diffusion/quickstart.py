@@ -302,6 +302,11 @@ def _base_figures(snapshot: Path) -> dict[str, Any]:
     return figures
 
 
+# PLAN as measured once (2026-12-02, 2-core AMD EPYC at load 4-5 from other jobs): 19.5 min in
+# all (CLIP + evaluator 14.2, the base 9.9 on the second core, Custom Diffusion 0.6, alignment
+# 0.9). report.json: text alignment base 0.188 / custom 0.128, image alignment 0.038 / 0.034
+# (held-out stars against each other: 0.088), stars drawn (evaluator) 0.53 / 0.28: nothing
+# learned. Cause: quick32's 150-step VAE (18.8 dB, colours lost); see README "Custom Diffusion".
 PLAN = CustomDiffusionQuickstartPlan()
 # Seconds, for tests: the "test"-sized base (16 px is refused by nothing, but shapes are drawn at
 # the plan's resolution, so the base keeps 32 px with one-block networks).
