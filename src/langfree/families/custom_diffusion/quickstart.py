@@ -190,7 +190,11 @@ def _stage(ctx: StageContext) -> Path:
     t1 = time.time()
     snapshot = train_once(concept_request(ctx.out, plan, fp, base, data))
     if not (ctx.out / "concept" / "custom_diffusion_base.json").is_file():  # a reused run
-        shutil.copytree(snapshot / "export", ctx.out / "concept", dirs_exist_ok=True)
+        tmp = ctx.out / ".concept.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(snapshot / "export", tmp)
+        shutil.rmtree(ctx.out / "concept", ignore_errors=True)
+        os.replace(tmp, ctx.out / "concept")
     t2 = time.time()
     figures = evaluate(ctx, fp, base, ctx.out / "concept", data["heldout"])
     prompts = [p["prompt"] for p in _prompts(fp)]
