@@ -18,3 +18,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_families(monkeypatch, one_thread):
+    """The test families of tiny_family.py registered (undone after the test), on one thread."""
+    import tiny_family
+
+    tiny_family.register(monkeypatch)

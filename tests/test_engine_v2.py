@@ -25,15 +25,10 @@ from test_lafite_family_helpers import ToyEncoder
 
 
 @pytest.fixture(autouse=True)
-def _setup(monkeypatch):
-    tiny_family.register(monkeypatch)
+def _setup(monkeypatch, tiny_families):
     monkeypatch.setitem(_FAMILIES, "tiny_v2", "test_engine_v2:TINY_V2_SPEC")
     RefFamily.log = {"load_references": [], "load_assets": [], "export": []}
     monkeypatch.setattr(RefFamily, "digest", "d1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _options(tmp_path, **kw):

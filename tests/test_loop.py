@@ -16,14 +16,7 @@ from langfree.training.loop import TrainingError, TrainOptions, train
 from langfree.training.sampler import KeySampler, epoch_permutation
 from langfree.training.state import list_states
 
-
-@pytest.fixture(autouse=True)
-def _setup(monkeypatch):
-    tiny_family.register(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_families")
 
 
 def _options(tmp_path, **kw):

@@ -26,13 +26,7 @@ class OverflowingDenoiser(tiny_family.TinyDenoiser):
                 next(nets["net"].parameters()).fill_(float("inf"))
 
 
-@pytest.fixture(autouse=True)
-def _setup(monkeypatch):
-    tiny_family.register(monkeypatch)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("tiny_families")
 
 
 def test_overflowed_weights_stop_before_the_snapshot(tmp_path):
