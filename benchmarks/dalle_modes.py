@@ -111,7 +111,8 @@ def main() -> None:
             t0 = time.time()
             report = evaluate_snapshot(snapshot, names, args.eval, encoder=encoder,
                                        evaluator=evaluator, write=False,
-                                       sample={"guidance_scale": guidance, "rerank": rerank})
+                                       sample={"guidance_scale": float(guidance),
+                                               "rerank": int(rerank)})
             res = report["results"]
             acc = res[names[0]]
             row = {"mode": mode, "guidance": float(guidance), "rerank": int(rerank),

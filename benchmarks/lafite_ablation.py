@@ -57,18 +57,19 @@ def _write_data(workdir: Path, images: int, eval_images: int, resolution: int) -
     return captioned, images_only, evaluation
 
 
-def _perturbation(workdir: Path, clip_data: Path, encoder, steps: int) -> Path:
-    from langfree.data.features import load_features
-    from langfree.families.lafite.perturb import save_perturbation, train_perturbation
+def _perturbation(workdir: Path, clip_data: Path, encoder_spec: str, embed_dim: int, steps: int,
+                  batch: int = 256) -> Path:
+    """LAFITE-NN's perturbation through the call ``langfree train lafite-perturb`` makes, on the
+    CLIP's captioned split; returns its final snapshot."""
+    from langfree.quickstart import train_once
+    from langfree.training.options import TrainOptions
+    from langfree.training.run import TrainRequest
 
-    out = workdir / "perturb"
-    if not (out / "perturb.json").exists():
-        feats = load_features(clip_data, encoder)
-        net, meta = train_perturbation(feats.image_emb, feats.caption_emb, feats.caption_offsets,
-                                       hidden=min(1024, 2 * encoder.embed_dim), steps=steps,
-                                       log=lambda m: print("  perturb", m))
-        save_perturbation(net, meta, out)
-    return out
+    return train_once(TrainRequest(
+        "lafite-perturb", data=clip_data, encoder=encoder_spec, metrics="none",
+        overrides=[f"hidden={min(1024, 2 * embed_dim)}"],
+        options=TrainOptions(outdir=str(workdir / "perturb"), kimg=steps * batch / 1000,
+                             batch=batch, tick_kimg=steps * batch / 4000, snap=1000, seed=0)))
 
 
 def _train(name: str, data: Path, test: Path, args, perturb: Path | None) -> Path:
@@ -129,7 +130,8 @@ def main() -> None:
     if "learned" in variants:
         if args.clip_data is None:
             p.error("the learned variant needs --clip-data (the captioned CLIP training archive)")
-        perturb = _perturbation(args.workdir, args.clip_data, encoder, args.perturb_steps)
+        perturb = _perturbation(args.workdir, args.clip_data, args.encoder, encoder.embed_dim,
+                               args.perturb_steps)
     rows = {}
     for name in variants:
         start = time.time()
