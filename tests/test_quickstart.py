@@ -79,11 +79,15 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
     assert set(report["bars"]) == set(lafite["bars"])
     assert report["family"] == "maskdit" and "pseudo_text" not in report
     assert report["vae"]["psnr"] is not None and report["vae"]["minutes"] > 0
+    # σ_aug follows this CLIP's caption-image cosine (as LAFITE's noise does), and training used it
+    assert report["maskdit"]["paired_cosine"] == pytest.approx(report["clip"]["paired_cosine"],
+                                                               abs=1e-4)
     ceiling = report["vae"]["ceiling"]  # the evaluator on the VAE's reconstructions
     assert ceiling["images"] > 0 and set(ceiling["reconstructed"]) == set(ceiling["real"])
     assert report["fid"]["sample_options"] == {"steps": 2, "guidance_scale": 1.0}
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
+    assert config["config"]["cond_noise"] == report["maskdit"]["cond_noise"]
     assert Path(config["config"]["vae"]).is_relative_to(out / "vae")
     grid = Image.open(out / "grid.png")
     assert grid.size == (SMOKE_PLAN.grid_seeds * 32, SMOKE_PLAN.grid_prompts * 32)

@@ -276,6 +276,16 @@ def _pseudo_text_noise(clip_dir: Path, clip_zip: Path, clip_metrics: dict, plan:
             "image_noise": round(noise_for_cosine(used, weight), 4)}
 
 
+def condition_noise(ctx: StageContext) -> dict[str, float]:
+    """ξ for this CLIP by the rule of LAFITE's stage (its image_noise / image_weight): the noise,
+    relative to a unit image embedding, that puts a pseudo text feature as far from its image
+    as the CLIP's held-out captions sit. For the stages of families that perturb a unit image
+    embedding themselves (dalle's clip prefix, maskdit's σ_aug)."""
+    pseudo = _pseudo_text_noise(ctx.encoder_dir, ctx.clip_zip, ctx.clip_metrics, ctx.plan)
+    return {"paired_cosine": pseudo["paired_cosine"], "cosine_used": pseudo["cosine_used"],
+            "xi": round(pseudo["image_noise"] / pseudo["image_weight"], 4)}
+
+
 def _second_core(eval_zip: str, evaluator_dir: str, seed: int, max_images: int,
                  side: str | None, side_ctx: SideContext | None) -> None:
     """Stage 2's second process, one thread: the attribute evaluator, then the family's side job."""

@@ -21,6 +21,7 @@ from langfree.quickstart import (
     FamilyStage,
     SideContext,
     StageContext,
+    condition_noise,
     last_tick,
     reconstruction_ceiling,
     train_once,
@@ -63,6 +64,10 @@ def _stage(ctx: StageContext) -> Path:
     from langfree.training.run import TrainRequest
 
     plan, fp = ctx.plan, ctx.family_plan
+    noise = condition_noise(ctx)
+    ctx.log(f"    captions sit at cosine {noise['paired_cosine']} from their images under this "
+            f"CLIP: the condition is noise-augmented with σ_aug {noise['xi']} (the thesis's 1.2 "
+            "is for pretrained CLIP's modality gap)")
     ctx.stages.start(f"4/6 the VAE on {plan.gan_images} images without captions "
                      f"({fp.vae_kimg:g} kimg, trained beside the CLIP), then MaskDiT "
                      f"language-free on them ({fp.kimg:g} kimg)")
@@ -71,11 +76,14 @@ def _stage(ctx: StageContext) -> Path:
     snapshot = train_once(TrainRequest(
         "maskdit", data=ctx.images_zip, test_data=ctx.eval_zip, encoder=str(ctx.encoder_dir),
         preset=fp.preset, family_options={"vae": str(vae), "mixing_prob": 1.0},
-        overrides=list(fp.overrides), metrics="none", sample=[f"steps={fp.sample_steps}"],
+        overrides=[f"cond_noise={noise['xi']}", *fp.overrides], metrics="none",
+        sample=[f"steps={fp.sample_steps}"],
         options=TrainOptions(outdir=str(ctx.out / "maskdit"), kimg=fp.kimg, batch=fp.batch,
                              tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed)))
     ctx.sample["steps"] = fp.sample_steps
-    ctx.report.update(vae={**_vae_figures(vae), "ceiling": _vae_ceiling(ctx, vae)},
+    ctx.report.update(maskdit={"paired_cosine": noise["paired_cosine"],
+                               "cosine_used": noise["cosine_used"], "cond_noise": noise["xi"]},
+                      vae={**_vae_figures(vae), "ceiling": _vae_ceiling(ctx, vae)},
                       maskdit_minutes=round((time.time() - t1) / 60, 2))
     return snapshot
 
