@@ -100,6 +100,12 @@ def test_sampling_per_seed_and_independent_of_batch():
     sample_codes(net, text, NULL, [1, 2, 3], opts)
     assert torch.equal(state, torch.get_rng_state())
     assert candidate_seed(7, 0) == 7 and candidate_seed(7, 1) != candidate_seed(8, 1)
+    # distinct where torch's generator looks (its low 32 bits), so the candidates differ
+    low = {candidate_seed(7, c) % 2**32 for c in range(8)}
+    assert len(low) == 8
+    one = _text(1).repeat(2, 1)  # the same condition twice
+    a, b = sample_codes(net, one, NULL, [candidate_seed(7, 1), candidate_seed(7, 2)], opts)
+    assert not torch.equal(a, b)
     with pytest.raises(ValueError, match="one seed per row"):
         sample_codes(net, text, NULL, [1], opts)
 

@@ -21,8 +21,14 @@ from langfree.families.dalle.transformer import DalleTransformer, KVCache
 
 def candidate_seed(seed: int, c: int) -> int:
     """Seed of reranking candidate c of a row: candidate 0 is the row's seed itself (rerank 1 is
-    plain sampling), the others live above 2**32 so they never collide with user seeds."""
-    return seed if c == 0 else (seed & 0xFFFFFFFF) + (c << 32)
+    plain sampling); the others are 32-bit hashes of (seed, c). 32 bits because torch's CPU
+    generator reads only the low 32 bits of a seed: candidates kept apart above 2**32 (as this
+    was first written) all drew the same tokens, so reranking picked among N copies."""
+    if c == 0:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, c]).generate_state(1)[0])
 
 
 def _top_k_sample(logits: torch.Tensor, options: DalleSampleOptions,
