@@ -11,8 +11,9 @@ def quickstart(
     outdir: Path = typer.Option(Path("runs/quickstart"), "--outdir", help="Where data, models and report.json go."),
     family: str = typer.Option("lafite", "--family", help="The generator trained language-free: "
                                "lafite (StyleGAN2, the default), maskdit (a small VAE, then "
-                               "masked latent diffusion) or dalle (a VQGAN, then an autoregressive "
-                               "transformer with a CLIP prefix)."),
+                               "masked latent diffusion), dalle (a VQGAN, then an autoregressive "
+                               "transformer with a CLIP prefix) or custom-diffusion (a small SD "
+                               "base without stars, then Custom Diffusion on 5 star images)."),
     kimg: float = typer.Option(None, "--kimg", help="The generator's training length (default: the plan's, sized for ~15 min on 2 CPU cores)."),
     smoke: bool = typer.Option(False, "--smoke", help="A seconds-long run of every stage (tests)."),
     seed: int = typer.Option(0, "--seed"),
