@@ -131,7 +131,9 @@ def _vqgan_figures(snapshot: Path) -> dict[str, Any]:
 # transformer 40 kimg 11.3 min (CE_image 1.83), metrics 3.9 min. report.json: colour 0.819,
 # shape 0.360, size 0.641, position 0.910, diversity 0.92, unprompted coverage 0.84,
 # R-precision 0.618: position, diversity and coverage meet their bars, colour and shape do not
-# (the VQGAN's reconstructions cap them at 0.87 / 0.73).
+# (the VQGAN's reconstructions cap them at 0.87 / 0.73). From a fresh clone on the quiet slow
+# kind (factor 1.00): 15.1 min in all (the VQGAN on the second core done at 7.1 min, the
+# transformer 5.5 min at 6.6-7.3 s/kimg on two threads, metrics 2.5), the same figures.
 PLAN = DalleQuickstartPlan()
 SMOKE_PLAN = DalleQuickstartPlan(
     vqgan_kimg=0.064, vqgan_batch=16, kimg=0.064, batch=16, tick_kimg=0.032,
