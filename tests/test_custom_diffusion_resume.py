@@ -5,12 +5,12 @@ uninterrupted run: trained layers, token rows, optimizer state and the diffusers
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from sigkill import kill_after_first_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,20 +60,7 @@ def test_sigkill_and_resume_is_bitwise_exact(dirs):
     assert whole.returncode == 0, whole.stderr[-2000:]
 
     killed = dirs["root"] / "killed"
-    proc = subprocess.Popen(_args(dirs, "killed"), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not list(killed.glob("*/state/step-*/progress.json")):
-            if proc.poll() is not None:
-                raise AssertionError(f"ended before its first state: {proc.stderr.read()[-2000:]}")
-            assert time.time() < deadline, "no state written in time"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_first_state(_args(dirs, "killed"), killed, _env())
     assert not (dirs["root"] / "killed-out").exists(), "the run finished before it was killed"
 
     resumed = subprocess.run(_args(dirs, "killed") + ["--resume", "latest"], env=_env(),

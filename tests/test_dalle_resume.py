@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from langfree.data.shapes import write_shapes
+from sigkill import kill_after_first_state
 
 ENTRY = """
 import json, sys
@@ -59,22 +58,7 @@ def _final(run: Path) -> dict[str, bytes]:
 
 
 def _kill_after_first_state(cmd, outdir: Path) -> None:
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.time() + 240
-        while not list(outdir.glob("*/state/step-*/progress.json")):
-            if proc.poll() is not None:
-                raise AssertionError(f"ended before its first state: {proc.stderr.read()[-2000:]}")
-            if time.time() > deadline:
-                raise AssertionError("no state written in time")
-            time.sleep(0.05)
-        time.sleep(0.3)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_first_state(cmd, outdir, ENV, settle=0.3, poll=0.05)
 
 
 @pytest.mark.parametrize("family", ["vqgan", "dalle"])

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from langfree.data.shapes import write_shapes
+from sigkill import kill_after_first_state
 
 ENTRY = """
 import json, sys
@@ -72,21 +71,7 @@ def test_sigkill_resume_is_exact(tmp_path):
     whole = _run(_cmd(tmp_path, tmp_path / "whole"))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tmp_path, killed), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 240
-        while not list(killed.glob("*/state/step-*/progress.json")):
-            if proc.poll() is not None:
-                raise AssertionError(f"ended before its first state: {proc.stderr.read()[-2000:]}")
-            if time.time() > deadline:
-                raise AssertionError("no state written in time")
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_first_state(_cmd(tmp_path, killed), killed, ENV)
     (killed_run,) = [p for p in killed.iterdir() if p.is_dir()]
     if (killed_run / "snapshots" / "snapshot-000000.064").exists():
         pytest.fail("the run finished before it was killed")
