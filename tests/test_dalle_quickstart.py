@@ -55,7 +55,7 @@ def test_quickstart_dalle_micro(tmp_path, capfd):
     d = report["dalle"]
     assert d["condition"] == "clip" and d["rerank"] == 1
     assert d["clip_noise"] == pytest.approx((1 / 0.9 ** 2 - 1) ** 0.5, abs=1e-3)  # from the cos
-    assert report["vqgan"]["psnr"] is not None and report["vqgan"]["minutes"] > 0
+    assert report["vqgan"]["psnr"] is not None and report["vqgan"]["minutes"] >= 0
     # the VQGAN trained once, in stage 2's second process (the side job), and stage 4 reused it
     assert "second core: the evaluator is done; now langfree.families.dalle.quickstart:" \
         "train_vqgan" in capfd.readouterr().out

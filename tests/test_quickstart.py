@@ -78,7 +78,7 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
     assert shared <= set(report) and shared <= set(lafite)
     assert set(report["bars"]) == set(lafite["bars"])
     assert report["family"] == "maskdit" and "pseudo_text" not in report
-    assert report["vae"]["psnr"] is not None and report["vae"]["minutes"] > 0
+    assert report["vae"]["psnr"] is not None and report["vae"]["minutes"] >= 0
     # σ_aug follows this CLIP's caption-image cosine (as LAFITE's noise does), and training used it
     assert report["maskdit"]["paired_cosine"] == pytest.approx(report["clip"]["paired_cosine"],
                                                                abs=1e-4)

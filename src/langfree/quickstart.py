@@ -179,10 +179,11 @@ def train_once(request: Any) -> Path:
 
 def last_tick(snapshot: Path, keys: dict[str, str]) -> dict[str, Any]:
     """Figures of the last tick of ``snapshot``'s run: {name: stats.jsonl[key]} plus the snapshot
-    path (e.g. an autoencoder stage's PSNR). For family stages."""
+    path and the run's training minutes (e.g. an autoencoder stage's PSNR). For family stages."""
     stats = (snapshot.parent.parent / "stats.jsonl").read_text().splitlines()
     last = json.loads(stats[-1]) if stats else {}
-    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()}}
+    return {"snapshot": str(snapshot), **{k: last.get(v) for k, v in keys.items()},
+            "minutes": round((last.get("Progress/time") or 0.0) / 60, 2)}
 
 
 def reconstruction_ceiling(ctx: StageContext, reconstruct: Callable[[Any], Any],

@@ -298,9 +298,7 @@ def _save_rows(images, rows: int, path: Path) -> None:
 
 def _base_figures(snapshot: Path) -> dict[str, Any]:
     """The base run's last tick: the UNet's ε-MSE, the run's time, and the latent scale."""
-    figures = last_tick(snapshot, {"unet_mse": "Loss/main/unet/mse",
-                                   "seconds": "Progress/time"})
-    figures["minutes"] = round((figures.pop("seconds") or 0.0) / 60, 2)  # one core, beside CLIP
+    figures = last_tick(snapshot, {"unet_mse": "Loss/main/unet/mse"})
     config = json.loads((snapshot / "config.json").read_text())["config"]
     figures["vae_steps"] = config.get("vae_steps")
     return figures

@@ -117,11 +117,8 @@ def _vqgan_ceiling(ctx: StageContext, snapshot: Path) -> dict[str, Any]:
 
 def _vqgan_figures(snapshot: Path) -> dict[str, Any]:
     """The VQGAN run's last tick: reconstruction PSNR and codebook use."""
-    figures = last_tick(snapshot, {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
-                                   "dead_share": "Loss/main/dead_share",
-                                   "seconds": "Progress/time"})
-    figures["minutes"] = round((figures.pop("seconds") or 0.0) / 60, 2)  # one core, beside CLIP
-    return figures
+    return last_tick(snapshot, {"psnr": "Loss/main/psnr", "perplexity": "Loss/main/perplexity",
+                                "dead_share": "Loss/main/dead_share"})
 
 
 # PLAN as measured once (2026-12-02, shared stages 1-3 reused from an earlier outdir, so the

@@ -98,10 +98,8 @@ def _vae_ceiling(ctx: StageContext, snapshot: Path) -> dict[str, Any]:
 
 def _vae_figures(snapshot: Path) -> dict[str, Any]:
     """The VAE run's last tick: reconstruction PSNR and latent statistics."""
-    figures = last_tick(snapshot, {"psnr": "Loss/main/psnr", "latent_std": "Loss/main/latent_std",
-                                   "rec_l1": "Loss/main/rec_l1", "seconds": "Progress/time"})
-    figures["minutes"] = round((figures.pop("seconds") or 0.0) / 60, 2)  # one core, beside CLIP
-    return figures
+    return last_tick(snapshot, {"psnr": "Loss/main/psnr", "latent_std": "Loss/main/latent_std",
+                                "rec_l1": "Loss/main/rec_l1"})
 
 
 # PLAN as measured once (2026-12-02; shared stages from an earlier run in the same outdir;
