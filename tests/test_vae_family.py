@@ -60,7 +60,7 @@ def test_family_overfits_and_reports_psnr():
         first = first if first is not None else out.stats["psnr"].item()
         last = out.stats["psnr"].item()
     assert last > first + 5, (first, last)
-    assert {"rec_l1", "kl", "latent_std"} <= set(out.stats)
+    assert {"rec", "kl", "latent_std"} <= set(out.stats)
     assert fam.autoencoder.latent_std.item() != 1.0  # the running std moved
     assert fam.phases() == [main]  # no discriminator phase without disc_start
 
@@ -126,3 +126,11 @@ def test_presets_are_valid():
     a = fam.sample(None, [1, 2])
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.allclose(a[1], fam.sample(None, [2])[0], atol=1e-5) and a.shape == (2, 3, 32, 32)
+
+
+def test_rec_loss_l2_is_mean_squared_error_and_bad_kind_is_refused():
+    x, recon = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    assert L.reconstruction_loss(x, recon, "l1").item() == pytest.approx(0.5)
+    assert L.reconstruction_loss(x, recon, "l2").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="rec_loss"):
+        VAEConfig(rec_loss="l3")

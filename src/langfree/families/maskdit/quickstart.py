@@ -99,7 +99,7 @@ def _vae_ceiling(ctx: StageContext, snapshot: Path) -> dict[str, Any]:
 def _vae_figures(snapshot: Path) -> dict[str, Any]:
     """The VAE run's last tick: reconstruction PSNR and latent statistics."""
     return last_tick(snapshot, {"psnr": "Loss/main/psnr", "latent_std": "Loss/main/latent_std",
-                                "rec_l1": "Loss/main/rec_l1"})
+                                "rec": "Loss/main/rec"})
 
 
 # PLAN as measured once (2026-12-02; shared stages from an earlier run in the same outdir;

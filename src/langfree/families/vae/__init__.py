@@ -29,6 +29,7 @@ SPEC = TrainSpec(
          "for `langfree train maskdit --vae RUN`. Logs PSNR and latent statistics.",
     flags=(
         Flag(("--kl-weight",), "kl_weight", float, "Weight of the KL term (LDM kl-f8: 1e-6)."),
+        Flag(("--rec-loss",), "rec_loss", str, "l1 | l2 (MSE)."),
         Flag(("--disc-start",), "disc_start", int,
              "Step from which the PatchGAN discriminator is on (default: never)."),
         Flag(("--disc-weight",), "disc_weight", float, "Weight of the adversarial term."),

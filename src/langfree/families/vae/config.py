@@ -13,6 +13,7 @@ class VAEConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2)  # one level per entry: factor 2^(levels - 1)
     latent_channels: int = 4
     kl_weight: float = 1e-6            # LDM kl-f8's
+    rec_loss: str = "l1"               # l1 (LDM's) | l2 (MSE: keeps flat colours at CPU length)
     disc_start: int | None = None      # step from which the PatchGAN term is on (None = never)
     disc_weight: float = 0.1
     disc_width: int = 32
@@ -33,6 +34,8 @@ class VAEConfig:
         if self.resolution % self.downsample:
             raise ValueError(f"resolution={self.resolution} is not divisible by the factor "
                              f"{self.downsample} of channel_mult={list(self.channel_mult)}")
+        if self.rec_loss not in ("l1", "l2"):
+            raise ValueError(f"rec_loss={self.rec_loss!r}: must be 'l1' or 'l2'")
         if self.kl_weight < 0 or self.disc_weight < 0:
             raise ValueError("kl_weight and disc_weight must be >= 0")
         if self.disc_start is not None and self.disc_start < 0:

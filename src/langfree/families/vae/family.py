@@ -1,6 +1,6 @@
 """The VAE family: ``langfree train vae`` trains the small KL autoencoder on the one loop.
 
-Phases: ``main`` (encoder + decoder: L1 + kl_weight·KL, + disc_weight·hinge G loss once the
+Phases: ``main`` (encoder + decoder: L1 or MSE + kl_weight·KL, + disc_weight·hinge G loss once the
 discriminator is on) and, when ``disc_start`` is set, ``disc`` (the PatchGAN's hinge loss; a
 zero loss before ``disc_start``, so its optimiser makes no move). Each tick logs PSNR and the
 statistics of posterior means; the snapshot holds the EMA autoencoder with its measured latent
@@ -105,10 +105,10 @@ class VAEFamily:
         ae = nets["autoencoder"]
         if phase.name == "main":
             recon, post = ae(x)  # (N, 3, H, W), posterior over (N, C, h, w)
-            rec = L.reconstruction_loss(x, recon)
+            rec = L.reconstruction_loss(x, recon, cfg.rec_loss)
             kl = L.kl_loss(post, x[0].numel())
             loss = rec + cfg.kl_weight * kl
-            stats = {"rec_l1": rec.detach(), "kl": kl.detach(), "psnr": L.psnr(x, recon.detach())}
+            stats = {"rec": rec.detach(), "kl": kl.detach(), "psnr": L.psnr(x, recon.detach())}
             if self._disc_on(progress):
                 g = L.hinge_g_loss(nets["discriminator"](recon))
                 loss = loss + cfg.disc_weight * g

@@ -1,7 +1,8 @@
 """The autoencoder objective: reconstruction + KL weight (+ an optional hinge PatchGAN term from
 ``disc_start`` steps on), and the quality measures the run reports (PSNR, latent statistics).
 
-Units: reconstruction is the mean absolute error per pixel (images in [-1, 1]); the KL is summed
+Units: reconstruction is the mean absolute (or, with ``rec_loss`` l2, squared) error per pixel
+value (images in [-1, 1]); the KL is summed
 over latent elements and divided by the number of pixel values 3·H·W, so ``kl_weight`` means
 what LDM's does (its loss sums both over elements; kl-f8 uses 1e-6).
 """
@@ -16,8 +17,9 @@ import torch.nn.functional as F
 from langfree.families.vae.networks import DiagonalGaussian
 
 
-def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    return (x - recon).abs().mean()  # L1 per pixel value
+def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """Mean absolute (``l1``) or squared (``l2``) error per pixel value."""
+    return (x - recon).abs().mean() if kind == "l1" else (x - recon).square().mean()
 
 
 def kl_loss(post: DiagonalGaussian, image_values: int) -> torch.Tensor:
