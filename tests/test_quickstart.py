@@ -84,7 +84,8 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
                                                                abs=1e-4)
     ceiling = report["vae"]["ceiling"]  # the evaluator on the VAE's reconstructions
     assert ceiling["images"] > 0 and set(ceiling["reconstructed"]) == set(ceiling["real"])
-    assert report["fid"]["sample_options"] == {"steps": 2, "guidance_scale": 1.0}
+    # the plan's sampling options (guided) reach the metrics
+    assert report["fid"]["sample_options"] == {"steps": 2, "guidance_scale": 3.0}
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
     assert config["config"]["cond_noise"] == report["maskdit"]["cond_noise"]

@@ -36,11 +36,12 @@ class MaskDiTQuickstartPlan:
     vae_batch: int = 8
     vae_overrides: tuple[str, ...] = ()
     preset: str = "shapes32-quick"
-    kimg: float = 40.0
+    kimg: float = 110.0         # ~1 700 steps: the prompt takes hold after ~1 000 (see PLAN)
     batch: int = 64
     tick_kimg: float = 4.0
     overrides: tuple[str, ...] = ()
     sample_steps: int = 10      # Heun steps (19 evaluations) in the metrics, the grid, the preview
+    guidance_scale: float = 3.0  # classifier-free guidance in the metrics, the grid, the preview
 
 
 def _vae_request(out: Path, plan: Any, fp: MaskDiTQuickstartPlan, images_zip: Path):
@@ -77,10 +78,10 @@ def _stage(ctx: StageContext) -> Path:
         "maskdit", data=ctx.images_zip, test_data=ctx.eval_zip, encoder=str(ctx.encoder_dir),
         preset=fp.preset, family_options={"vae": str(vae), "mixing_prob": 1.0},
         overrides=[f"cond_noise={noise['xi']}", *fp.overrides], metrics="none",
-        sample=[f"steps={fp.sample_steps}"],
+        sample=[f"steps={fp.sample_steps}", f"guidance_scale={fp.guidance_scale}"],
         options=TrainOptions(outdir=str(ctx.out / "maskdit"), kimg=fp.kimg, batch=fp.batch,
                              tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed)))
-    ctx.sample["steps"] = fp.sample_steps
+    ctx.sample.update(steps=fp.sample_steps, guidance_scale=fp.guidance_scale)
     ctx.report.update(maskdit={"paired_cosine": noise["paired_cosine"],
                                "cosine_used": noise["cosine_used"], "cond_noise": noise["xi"]},
                       vae={**_vae_figures(vae), "ceiling": _vae_ceiling(ctx, vae)},
@@ -102,14 +103,23 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
                                 "rec": "Loss/main/rec"})
 
 
-# PLAN as measured once (2026-12-02; shared stages from an earlier run in the same outdir;
-# this stage on 1 thread at nice 5 while other jobs held the machine at load 6-8, machine_peak:
-# "AMD EPYC; amx False; fp32 GEMM 24 GFLOP/s ... -> slow kind; factor 1.00", a tenth of the quiet
-# slow kind): VAE 8.8 min, MaskDiT 34.8 min, metrics ~28 min (fid2000 671 s, r_precision 309 s,
-# diversity 321 s). report.json: colour 0.151, shape 0.203, size 0.339, position 0.102 (chance:
-# 1/7, 1/5, 1/3, 1/9), R-precision 0.011, pr2000 0.30 / 0.31, diversity 0.97, unprompted
-# coverage 1.00: the diversity bars hold only because samples depend on the seed alone (the
-# grid's columns repeat down the rows). Cause: the 12-kimg VAE (see vae PRESETS["shapes32-quick"]).
+# How the condition takes hold (2026-12-02, quiet slow-kind machine, machine_peak "AMD EPYC; amx
+# False; fp32 GEMM 108 GFLOP/s ... -> slow kind; factor 1.00"; two runs side by side at one
+# thread each; the quickstart's data, CLIP (σ_aug 0.337) and evaluator; 189 attribute samples,
+# Heun 10 steps; colour / shape / size / position, pixel diversity; "own/shuffled" is the
+# denoiser's MSE at σ 2 with each latent's own image embedding over that with another's):
+#   VAE 10 kimg (L1 era: 20.6 dB) 40 kimg, guidance 1     0.15 / 0.21 / 0.35 / 0.12  (quickstart)
+#   VAE MSE 10 kimg, 40 kimg, guidance 3                  0.46 / 0.29 / 0.44 / 0.10, 1.01; 0.87
+#     the same, guidance 6                                0.56 / 0.32 / 0.48 / 0.07, 0.85
+#   VAE MSE 20 kimg, 80 kimg batch 64, guidance 3         0.76 / 0.49 / 0.53 / 0.53, 0.98; 0.35
+#     40 kimg at batch 16 (same steps x 2, same time)     0.73 / 0.42 / 0.52 / 0.48, 0.90; 0.40
+#     80 kimg, lr 2e-3                                    0.79 / 0.51 / 0.53 / 0.73, 0.84; 0.27
+#     120 kimg                                            0.88 / 0.58 / 0.73 / 0.95, 0.94; 0.13
+#     96 kimg, lr 2e-3 / 3e-3, Heun 8 steps               0.73 / 0.51 / 0.62 / 0.71 | 0.77 / 0.52
+#                                                         / 0.64 / 0.73, 0.88 | 0.84
+# Before ~1 000 steps the samples follow the seed alone (every row of a column alike); the
+# prompt takes hold with steps, and guidance 3 sharpens it. The 110 kimg of PLAN is what fits
+# the time (a full quickstart's figures: README).
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
