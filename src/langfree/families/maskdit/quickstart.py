@@ -104,7 +104,7 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
 
 
 # How the condition takes hold (2026-12-02, quiet slow-kind machine, machine_peak "AMD EPYC; amx
-# False; fp32 GEMM 108 GFLOP/s ... -> slow kind; factor 1.00"; two runs side by side at one
+# False; fp32 GEMM 190, conv fwd+bwd 220 ... -> slow kind; factor 1.00"; two runs side by side at one
 # thread each; the quickstart's data, CLIP (σ_aug 0.337) and evaluator; 189 attribute samples,
 # Heun 10 steps; colour / shape / size / position, pixel diversity; "own/shuffled" is the
 # denoiser's MSE at σ 2 with each latent's own image embedding over that with another's):

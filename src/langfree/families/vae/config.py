@@ -60,7 +60,7 @@ PRESETS: dict[str, VAEConfig] = {
     # The maskdit quickstart's latent space: width 16 (0.15 M parameters), MSE, lr 1e-3, EMA
     # 0.99, trained at batch 8 (the plan's). Measured 2026-12-02 on the quickstart's data, one
     # thread each, two runs side by side on a quiet slow-kind machine (machine_peak: "AMD EPYC;
-    # amx False; fp32 GEMM 108 GFLOP/s ... -> slow kind; factor 1.00"); PSNR and evaluator
+    # amx False; fp32 GEMM 190, conv fwd+bwd 220 ... -> slow kind; factor 1.00"); PSNR and evaluator
     # accuracy (colour / shape / size / position) of reconstructions of 1 000 eval images
     # (real images: 0.989 / 0.971 / 0.990 / 1.000):
     #   L1, lr 2e-4, batch 32, 12 kimg (before)  20.6 dB, 0.29 / 0.21 / 0.35 / 0.51  (1.1 min)
