@@ -202,6 +202,12 @@ def state_module_names(family: Any) -> tuple[str, ...]:
     return tuple(n for n in family.modules() if n not in refs)
 
 
+def reconstruction_error(x: torch.Tensor, recon: torch.Tensor, kind: str) -> torch.Tensor:
+    """An autoencoder's reconstruction loss (the VAE's and the VQGAN's ``rec_loss``): mean
+    absolute (``l1``) or squared (``l2``) error per pixel value."""
+    return (x - recon).abs().mean() if kind == "l1" else (x - recon).square().mean()
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -14,12 +14,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from langfree.families.base import reconstruction_error
 from langfree.families.vae.networks import DiagonalGaussian
 
 
 def reconstruction_loss(x: torch.Tensor, recon: torch.Tensor, kind: str = "l1") -> torch.Tensor:
-    """Mean absolute (``l1``) or squared (``l2``) error per pixel value."""
-    return (x - recon).abs().mean() if kind == "l1" else (x - recon).square().mean()
+    return reconstruction_error(x, recon, kind)
 
 
 def kl_loss(post: DiagonalGaussian, image_values: int) -> torch.Tensor:

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from langfree.families.base import reconstruction_error
+
 
 def reconstruction(x_rec: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-pixel reconstruction loss, mean over everything ([B,3,H,W] in [-1, 1])."""
-    return (x_rec - x).abs().mean() if kind == "l1" else (x_rec - x).square().mean()
+    return reconstruction_error(x, x_rec, kind)
 
 
 def psnr(x_rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
