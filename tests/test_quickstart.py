@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from langfree.cli import app
 from langfree.data.archive import ImageArchive
+from langfree.families.maskdit.quickstart import SMOKE_PLAN as MASKDIT_SMOKE_PLAN
 from langfree.quickstart import SMOKE_PLAN
 
 
@@ -89,6 +90,9 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
     config = json.loads((Path(report["snapshot"]) / "config.json").read_text())
     assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
     assert config["config"]["cond_noise"] == report["maskdit"]["cond_noise"]
+    # the plan's lr ramp-down and the preset's annealed mask (cosine to unmasked) reach the run
+    assert config["train"]["lr_rampdown"] == MASKDIT_SMOKE_PLAN.lr_rampdown > 0
+    assert config["config"]["mask_schedule"] == "cosine" and config["config"]["mask_ratio_min"] == 0
     assert Path(config["config"]["vae"]).is_relative_to(out / "vae")
     grid = Image.open(out / "grid.png")
     assert grid.size == (SMOKE_PLAN.grid_seeds * 32, SMOKE_PLAN.grid_prompts * 32)

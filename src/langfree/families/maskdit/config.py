@@ -188,20 +188,16 @@ PRESETS: dict[str, MaskDiTConfig] = {
         patch=2, decoder_hidden=96, decoder_depth=2, decoder_heads=3,
         lr=1e-3, ema_decay=0.999,
     ),
-    # The quickstart's (``langfree quickstart --family maskdit``): shapes32 with EMA 0.995
-    # (half-life ~140 steps; 0.999 would still hold a third of the initial weights after the
-    # run's 625 steps). Measured once (2026-12-02, 40 kimg at batch 64 on the shapes32-quick
-    # VAE, 12 kimg; 1 thread at nice 5 on a machine under load 6-8, `machine_peak.py`: "AMD
-    # EPYC; amx False; fp32 GEMM 24 GFLOP/s ... (2 threads) -> slow kind; factor 1.00", i.e.
-    # about a tenth of the quiet slow kind's 230 GFLOP/s): 30-69 s/kimg, 33 min; report.json in
-    # langfree.families.maskdit.quickstart. The samples ignore the prompt (every row of a column
-    # is the same blob): the VAE is the cause, not this network (its reconstructions keep the
-    # background and lose the object's colour and shape, PSNR 19.3 dB on eval images), so the
-    # conditional and null denoiser outputs differ by 1e-4-4e-3 (MSE) on real noisy latents.
+    # The quickstart's (``langfree quickstart --family maskdit``). Narrower than shapes32 (128
+    # wide, 4 heads; decoder 64 wide, 2 deep: 2.2x fewer FLOPs a step), with the mask ratio
+    # annealed from 0.5 to 0 over the run (the official cosine4 schedule, so the run ends as the
+    # thesis's unmasked fine-tune), lr 2e-3 and EMA 0.995. At equal time the narrower network
+    # takes twice the steps, and with this budget steps buy more than width; the measurements
+    # are in langfree.families.maskdit.quickstart.
     "shapes32-quick": MaskDiTConfig(
-        resolution=32, latent_downsample=4, cond_dim=512, hidden=192, depth=6, heads=6,
-        patch=2, decoder_hidden=96, decoder_depth=2, decoder_heads=3,
-        lr=1e-3, ema_decay=0.995,
+        resolution=32, latent_downsample=4, cond_dim=512, hidden=128, depth=6, heads=4,
+        patch=2, decoder_hidden=64, decoder_depth=2, decoder_heads=2,
+        mask_schedule="cosine", lr=2e-3, ema_decay=0.995,
     ),
     "shapes32-finetune": MaskDiTConfig(
         resolution=32, latent_downsample=4, cond_dim=512, hidden=192, depth=6, heads=6,

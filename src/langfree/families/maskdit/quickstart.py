@@ -36,11 +36,12 @@ class MaskDiTQuickstartPlan:
     vae_batch: int = 8
     vae_overrides: tuple[str, ...] = ()
     preset: str = "shapes32-quick"
-    kimg: float = 110.0         # ~1 700 steps: the prompt takes hold after ~1 000 (see PLAN)
+    kimg: float = 200.0         # ~3 100 steps of the 2.2x cheaper preset (see PLAN)
     batch: int = 64
     tick_kimg: float = 4.0
+    lr_rampdown: float = 0.3    # half-cosine lr ramp-down over the last 30 % of the run
     overrides: tuple[str, ...] = ()
-    sample_steps: int = 10      # Heun steps (19 evaluations) in the metrics, the grid, the preview
+    sample_steps: int = 14      # Heun steps (27 evaluations) in the metrics, the grid, the preview
     guidance_scale: float = 3.0  # classifier-free guidance in the metrics, the grid, the preview
 
 
@@ -80,7 +81,8 @@ def _stage(ctx: StageContext) -> Path:
         overrides=[f"cond_noise={noise['xi']}", *fp.overrides], metrics="none",
         sample=[f"steps={fp.sample_steps}", f"guidance_scale={fp.guidance_scale}"],
         options=TrainOptions(outdir=str(ctx.out / "maskdit"), kimg=fp.kimg, batch=fp.batch,
-                             tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed)))
+                             tick_kimg=fp.tick_kimg, snap=1000, seed=plan.seed,
+                             lr_rampdown=fp.lr_rampdown)))
     ctx.sample.update(steps=fp.sample_steps, guidance_scale=fp.guidance_scale)
     ctx.report.update(maskdit={"paired_cosine": noise["paired_cosine"],
                                "cosine_used": noise["cosine_used"], "cond_noise": noise["xi"]},
@@ -121,6 +123,23 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
 # prompt takes hold with steps, and guidance 3 sharpens it. PLAN's 110 kimg, from a fresh clone
 # on the quiet machine: 11.8 min in all (MaskDiT 5.1 at 2.5-2.8 s/kimg, metrics 3.0), colour 0.869,
 # shape 0.557, size 0.725, position 0.898, diversity 1.06, coverage 0.84, R-precision 0.712.
+# Steps buy more than width (2026-12-02, machine_peak "AMD EPYC; amx False; fp32 GEMM 168,
+# conv fwd+bwd 353 ... factor 1.86", on which the 110-kimg plan above ran in 11.97 min, as on the
+# slow-kind machine; two runs side by side at one thread each, minutes of training; "cosine" =
+# mask 0.5 annealed to 0 (cos4); "w128" = hidden 128 / 4 heads, decoder 64 / 2 heads):
+#   w192 mask 0.5, 110 kimg (the plan above)                0.869 / 0.557 / 0.725 / 0.898
+#   w192 cosine, 110 kimg (10.2 min)                        0.852 / 0.63 / 0.831 / 0.995, 0.93
+#   w192 mask 0 (plain DiT), 80 kimg (7.7 min)              0.889 / 0.577 / 0.73 / 0.921, 0.88
+#   w128 cosine, 200 kimg (8.3 min)                         0.91 / 0.714 / 0.873 / 0.958, 0.74
+#   w128 mask 0.5, 280 kimg (9.1 min)                       0.926 / 0.704 / 0.825 / 0.958, 0.67
+#   w96 cosine, 300 kimg (8.9 min)                          0.862 / 0.73 / 0.905 / 0.952, 0.94
+#   w128 cosine, 200 kimg, lr ramp-down 0.3 (8.9 min)       0.931 / 0.709 / 0.847 / 0.974, 0.80
+#     the same, lr 2e-3 (PLAN)                              0.947 / 0.751 / 0.868 / 0.968, 0.85
+#       sampled with 14 | 20 | 40 Heun steps                0.958 / 0.788 / 0.915 / 1.0 | 0.947 /
+#                                                           0.788 / 0.921 / 1.0 | 0.947 / 0.788
+#       20 steps, guidance 2 | 4                            0.958 / 0.772 | 0.921 / 0.772
+#     lr 3e-3                                               0.921 / 0.767 / 0.894 / 0.963, 0.79
+#   w96 cosine, 280 kimg, ramp-down 0.3, lr 2e-3            0.889 / 0.746 / 0.884 / 0.974, 0.89
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
