@@ -91,7 +91,8 @@ def test_quickstart_maskdit_smoke(lafite_smoke, tmp_path):
     assert config["family"] == "maskdit" and config["config"]["mixing_prob"] == 1.0
     assert config["config"]["cond_noise"] == report["maskdit"]["cond_noise"]
     # the plan's lr ramp-down and the preset's annealed mask (cosine to unmasked) reach the run
-    assert config["train"]["lr_rampdown"] == MASKDIT_SMOKE_PLAN.lr_rampdown > 0
+    run_config = json.loads((Path(report["snapshot"]).parent.parent / "config.json").read_text())
+    assert run_config["train"]["lr_rampdown"] == MASKDIT_SMOKE_PLAN.lr_rampdown > 0
     assert config["config"]["mask_schedule"] == "cosine" and config["config"]["mask_ratio_min"] == 0
     assert Path(config["config"]["vae"]).is_relative_to(out / "vae")
     grid = Image.open(out / "grid.png")
