@@ -169,6 +169,14 @@ class MaskDiTSampleOptions:
 
 
 _THESIS_256 = MaskDiTConfig.from_size("MaskDiT-XL/2", resolution=256, cond_dim=512)
+# This machine: 32-px images, langfree's own 4-channel VAE at factor 4 (8×8 latents, 16 tokens
+# of patch 2), a 192-wide 6-deep encoder and a 96-wide 2-deep decoder (4.76 M parameters). lr
+# 1e-3 and EMA 0.999: the official 1e-4 / 0.9999 are for 100 k+ steps. REFERENCE §3: masking
+# saves little at 16 tokens on CPU; it pays at 64 (patch 1).
+_SHAPES32 = MaskDiTConfig(
+    resolution=32, latent_downsample=4, cond_dim=512, hidden=192, depth=6, heads=6,
+    patch=2, decoder_hidden=96, decoder_depth=2, decoder_heads=3, lr=1e-3, ema_decay=0.999,
+)
 
 PRESETS: dict[str, MaskDiTConfig] = {
     # The thesis's main run (configs/main_config/train/celeb_t2f_gaus1.2.yaml): MaskDiT-XL/2 on
@@ -179,31 +187,18 @@ PRESETS: dict[str, MaskDiTConfig] = {
     "mmceleba256-finetune": _THESIS_256.replace(mask_ratio=0.0, lr=1e-5),
     # FFHQ pre-training ("ffhq_t2f_gaus1.5.yaml", which actually sets 1.2).
     "ffhq256": _THESIS_256,
-    # This machine: 32-px images, langfree's own 4-channel VAE at factor 4 (8×8 latents, 16
-    # tokens of patch 2), a 192-wide 6-deep encoder and a 96-wide 2-deep decoder (4.76 M
-    # parameters). lr 1e-3 and EMA 0.999: the official 1e-4 / 0.9999 are for 100 k+ steps.
-    # REFERENCE §3: masking saves little at 16 tokens on CPU; it pays at 64 (patch 1).
-    "shapes32": MaskDiTConfig(
-        resolution=32, latent_downsample=4, cond_dim=512, hidden=192, depth=6, heads=6,
-        patch=2, decoder_hidden=96, decoder_depth=2, decoder_heads=3,
-        lr=1e-3, ema_decay=0.999,
-    ),
+    "shapes32": _SHAPES32,
     # The quickstart's (``langfree quickstart --family maskdit``). Narrower than shapes32 (128
     # wide, 4 heads; decoder 64 wide, 2 deep: 2.2x fewer FLOPs a step), with the mask ratio
     # annealed from 0.5 to 0 over the run (the official cosine4 schedule, so the run ends as the
     # thesis's unmasked fine-tune), lr 2e-3 and EMA 0.995. At equal time the narrower network
     # takes twice the steps, and with this budget steps buy more than width; the measurements
     # are in langfree.families.maskdit.quickstart.
-    "shapes32-quick": MaskDiTConfig(
-        resolution=32, latent_downsample=4, cond_dim=512, hidden=128, depth=6, heads=4,
-        patch=2, decoder_hidden=64, decoder_depth=2, decoder_heads=2,
-        mask_schedule="cosine", lr=2e-3, ema_decay=0.995,
-    ),
-    "shapes32-finetune": MaskDiTConfig(
-        resolution=32, latent_downsample=4, cond_dim=512, hidden=192, depth=6, heads=6,
-        patch=2, decoder_hidden=96, decoder_depth=2, decoder_heads=3,
-        lr=2e-4, ema_decay=0.999, mask_ratio=0.0,
-    ),
+    "shapes32-quick": _SHAPES32.replace(
+        hidden=128, heads=4, decoder_hidden=64, decoder_heads=2, mask_schedule="cosine",
+        lr=2e-3, ema_decay=0.995),
+    # Its unmasked fine-tune (--init-from a shapes32 snapshot).
+    "shapes32-finetune": _SHAPES32.replace(lr=2e-4, mask_ratio=0.0),
 }
 
 
