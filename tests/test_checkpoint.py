@@ -89,6 +89,36 @@ def test_crash_during_save_keeps_previous_snapshot(tmp_path, monkeypatch):
     assert torch.equal(load_snapshot(run).G.state_dict()["0.weight"], expected)
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_next_save_sweeps_what_a_killed_writer_left(tmp_path):
+    # a SIGKILL mid-save leaves a temp dir under the dead PID; a later writer (a resumed run,
+    # another PID) must not leave it beside its own states forever
+    import os
+
+    from langfree.checkpoint import atomic_dir
+
+    root, dead, live = tmp_path / "state", _dead_pid(), os.getppid()
+    for name in (f".step-000000008.tmp-{dead}", f".step-000000004.old-{dead}",
+                 f".step-000000012.old-{dead}", f".step-000000016.tmp-{live}"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.safetensors").write_bytes(b"partial")
+    (root / "step-000000004").mkdir()
+    with atomic_dir(root / "step-000000008") as tmp:
+        (tmp / "progress.json").write_text("{}")
+    assert sorted(p.name for p in root.iterdir()) == [
+        f".step-000000012.old-{dead}",  # its target is gone: the only copy, kept
+        f".step-000000016.tmp-{live}",  # a live writer's
+        "step-000000004", "step-000000008"]
+
+
 def test_resolve_snapshot_orders_by_kimg_and_rejects_garbage(tmp_path):
     fam = _trained_gan()
     for name in ("snapshot-000000.500", "snapshot-000002", "snapshot-000010"):

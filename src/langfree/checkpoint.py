@@ -62,6 +62,37 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, old)  # rename() cannot replace a non-empty directory
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+    sweep_leftovers(target.parent)
+
+
+_LEFTOVER_RE = re.compile(r"^\.(.+)\.(tmp|old)-(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Remove what a killed writer left in ``root``: its temp directories (``.NAME.tmp-PID``,
+    never renamed into place) and its moved-aside ``.NAME.old-PID`` once ``NAME`` exists again
+    (an ``.old`` whose target is missing is the only good copy and stays). Only dead PIDs are
+    touched, so a live writer's temp directory is safe. Returns what was removed."""
+    removed = []
+    for p in root.iterdir() if root.is_dir() else []:
+        m = _LEFTOVER_RE.match(p.name)
+        if not m or int(m.group(3)) == os.getpid() or _alive(int(m.group(3))):
+            continue
+        if m.group(2) == "old" and not (root / m.group(1)).exists():
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
