@@ -295,10 +295,10 @@ class SmallClipFamily:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
             cfg = self.config
-            # fused: one kernel over all tensors, ~2x faster on CPU
-            self._optimizers = {"main": torch.optim.AdamW(
-                _param_groups(self.clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
-                fused=True)}
+            from langfree.families.base import adam
+
+            self._optimizers = {"main": adam(_param_groups(self.clip, cfg.weight_decay), cfg.lr,
+                                             (0.9, 0.98), eps=1e-6)}
         return self._optimizers
 
     def lr_schedule(self):

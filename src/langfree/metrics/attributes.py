@@ -200,7 +200,10 @@ class AttributeEvaluatorFamily:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
-            self._optimizers = {"main": torch.optim.Adam(self.net.parameters(), lr=self.config.lr)}
+            from langfree.families.base import adam
+
+            self._optimizers = {"main": adam(self.net.parameters(), self.config.lr,
+                                             decoupled=False)}
         return self._optimizers
 
     def phases(self):

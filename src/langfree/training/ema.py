@@ -30,10 +30,17 @@ def ema_beta(batch: int, ema_kimg: float | None, nimg: int = 0, rampup: float | 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, source: nn.Module, beta: float) -> None:
-    """Parameters are averaged; buffers (e.g. running stats, StyleGAN's w_avg) are copied."""
+    """Parameters are averaged; buffers (e.g. running stats, StyleGAN's w_avg) are copied.
+    Both in one foreach call each (not a Python loop over tensors), pairing tensors by name."""
     src_params = dict(source.named_parameters())
-    for name, p_ema in ema.named_parameters():
-        p_ema.copy_(src_params[name].detach().lerp(p_ema, beta))
+    pairs = [(p_ema, src_params[name].detach()) for name, p_ema in ema.named_parameters()]
+    floats = [(e, s) for e, s in pairs if e.is_floating_point()]
+    if floats:
+        torch._foreach_lerp_([e for e, _ in floats], [s for _, s in floats], 1.0 - beta)
+    for e, s in pairs:
+        if not e.is_floating_point():
+            e.copy_(s)
     src_buffers = dict(source.named_buffers())
-    for name, b_ema in ema.named_buffers():
-        b_ema.copy_(src_buffers[name])
+    buffers = [(b, src_buffers[name]) for name, b in ema.named_buffers()]
+    if buffers:
+        torch._foreach_copy_([b for b, _ in buffers], [s for _, s in buffers])

@@ -328,6 +328,10 @@ class _Loop:
         Parameters without a gradient are skipped; every process runs the same code, so the set
         is the same on all of them. The ``.item()`` below is the one sync point of the phase."""
         grads = [p for p in params if p.grad is not None]
+        if self.procs.world == 1:  # nothing to average: one foreach norm finds a nan / inf
+            total = torch.nn.utils.get_total_norm([p.grad for p in grads]) if grads else 0.0
+            if bool(torch.isfinite(loss + total).item()):
+                return
         flat = torch.cat([p.grad.flatten() for p in grads] + [loss.reshape(1)])
         if self.procs.world > 1:
             torch.distributed.all_reduce(flat)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from langfree.families.base import LossOutput, Phase, Reference
+from langfree.families.base import LossOutput, Phase, Reference, adam
 from langfree.families.custom_diffusion.attention import CustomDiffusionLayers, install
 from langfree.families.custom_diffusion.config import (
     CustomDiffusionConfig,
@@ -107,9 +107,9 @@ class CustomDiffusionFamily:
         if self._optimizers is None:
             c = self.config
             params = [p for n in self.trained() for p in self.modules()[n].parameters()]
-            self._optimizers = {"main": torch.optim.AdamW(
-                params, lr=c.effective_learning_rate, betas=(c.adam_beta1, c.adam_beta2),
-                weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)}
+            self._optimizers = {"main": adam(
+                params, c.effective_learning_rate, (c.adam_beta1, c.adam_beta2),
+                eps=c.adam_epsilon, weight_decay=c.adam_weight_decay)}
         return self._optimizers
 
     def phases(self) -> list[Phase]:

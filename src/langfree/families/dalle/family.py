@@ -35,6 +35,7 @@ from langfree.families.base import (
     Phase,
     Progress,
     Reference,
+    adam,
 )
 from langfree.families.dalle import sampler as S
 from langfree.families.dalle.augment import augmented_views
@@ -171,9 +172,9 @@ class DalleFamily:
             for name, p in self.transformer.named_parameters():
                 (decay if p.dim() >= 2 and "emb" not in name and "image_row" not in name
                  and "image_col" not in name and "text_pos" not in name else rest).append(p)
-            self._optimizers = {"main": torch.optim.AdamW(
+            self._optimizers = {"main": adam(
                 [{"params": decay, "weight_decay": cfg.weight_decay},
-                 {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)}
+                 {"params": rest, "weight_decay": 0.0}], cfg.lr, cfg.betas)}
         return self._optimizers
 
     def phases(self) -> list[Phase]:

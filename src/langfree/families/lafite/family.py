@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from langfree.families.base import EMA, LossOutput, LRSchedule, Phase, Progress, count_parameters
+from langfree.families.base import (
+    EMA,
+    LossOutput,
+    LRSchedule,
+    Phase,
+    Progress,
+    adam,
+    count_parameters,
+)
 from langfree.families.lafite import loss as losses
 from langfree.families.lafite.conditioning import condition_features
 from langfree.families.lafite.config import LafiteConfig
@@ -137,8 +145,8 @@ class LafiteFamily:
         # lr and betas so the effective averaging horizon matches a non-lazy schedule.
         ratio = reg_interval / (reg_interval + 1)
         beta1, beta2 = self.config.betas
-        return torch.optim.Adam(net.parameters(), lr=self.config.lr * ratio,
-                                betas=(beta1 ** ratio, beta2 ** ratio), eps=1e-8)
+        return adam(net.parameters(), self.config.lr * ratio, (beta1 ** ratio, beta2 ** ratio),
+                    decoupled=False)
 
     def phases(self) -> list[Phase]:
         cfg = self.config

@@ -173,7 +173,10 @@ class PerturbFamily:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
-            self._optimizers = {"main": torch.optim.Adam(self.perturb.parameters(), lr=self.config.lr)}
+            from langfree.families.base import adam
+
+            self._optimizers = {"main": adam(self.perturb.parameters(), self.config.lr,
+                                             decoupled=False)}
         return self._optimizers
 
     def phases(self):

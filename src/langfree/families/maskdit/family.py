@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from langfree.families.base import EMA, LossOutput, LRSchedule, Phase, Progress, Reference
+from langfree.families.base import EMA, LossOutput, LRSchedule, Phase, Progress, Reference, adam
 from langfree.families.maskdit import loss as L
 from langfree.families.maskdit.config import MaskDiTConfig, MaskDiTSampleOptions
 from langfree.families.maskdit.networks import denoiser_from_config
@@ -137,8 +137,8 @@ class MaskDiTFamily:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
             cfg = self.config
-            self._optimizers = {"main": torch.optim.AdamW(
-                self.net.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)}
+            self._optimizers = {"main": adam(self.net.parameters(), cfg.lr, cfg.betas,
+                                             weight_decay=cfg.weight_decay)}
         return self._optimizers
 
     def phases(self) -> list[Phase]:

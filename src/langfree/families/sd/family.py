@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from langfree.families.base import LossOutput, Phase
+from langfree.families.base import LossOutput, Phase, adam
 from langfree.families.custom_diffusion.loss import noisy_latents
 from langfree.families.sd.config import SDConfig, SDSampleOptions
 from langfree.families.sd.pipeline import SDComponents, build_components, save_pipeline
@@ -61,8 +61,7 @@ class SDFamily:
                       {"params": list(self.parts.vae.parameters()), "lr": c.vae_lr}]
             if c.train_text_encoder:
                 groups.append({"params": list(self.parts.text_encoder.parameters()), "lr": c.lr})
-            self._optimizers = {"main": torch.optim.AdamW(groups, lr=c.lr,
-                                                          weight_decay=c.weight_decay)}
+            self._optimizers = {"main": adam(groups, c.lr, weight_decay=c.weight_decay)}
         return self._optimizers
 
     def phases(self) -> list[Phase]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from langfree.families.base import EMA, LossOutput, Phase, Progress
+from langfree.families.base import EMA, LossOutput, Phase, Progress, adam
 from langfree.families.vae import loss as L
 from langfree.families.vae.config import VAEConfig
 from langfree.families.vae.networks import KLAutoencoder, PatchDiscriminator
@@ -63,11 +63,11 @@ class VAEFamily:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         if self._optimizers is None:
             cfg = self.config
-            self._optimizers = {"main": torch.optim.Adam(self.autoencoder.parameters(), cfg.lr,
-                                                         betas=cfg.betas)}
+            self._optimizers = {"main": adam(self.autoencoder.parameters(), cfg.lr, cfg.betas,
+                                             decoupled=False)}
             if self.discriminator is not None:
-                self._optimizers["disc"] = torch.optim.Adam(self.discriminator.parameters(),
-                                                            cfg.lr, betas=cfg.betas)
+                self._optimizers["disc"] = adam(self.discriminator.parameters(), cfg.lr,
+                                                cfg.betas, decoupled=False)
         return self._optimizers
 
     def phases(self) -> list[Phase]:

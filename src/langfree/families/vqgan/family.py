@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from langfree.families.base import LossOutput, Phase, Progress
+from langfree.families.base import LossOutput, Phase, Progress, adam
 from langfree.families.vqgan import loss as L
 from langfree.families.vqgan.codebook import CodebookMonitor
 from langfree.families.vqgan.config import VQGANConfig
@@ -81,8 +81,8 @@ class VQGANFamily:
         if self._optimizers is None:
             cfg = self.config
             self._optimizers = {
-                "main": torch.optim.Adam(self.vqgan.parameters(), cfg.lr, betas=cfg.betas),
-                "disc": torch.optim.Adam(self.discriminator.parameters(), cfg.lr, betas=cfg.betas),
+                "main": adam(self.vqgan.parameters(), cfg.lr, cfg.betas, decoupled=False),
+                "disc": adam(self.discriminator.parameters(), cfg.lr, cfg.betas, decoupled=False),
             }
         return self._optimizers
 
