@@ -36,7 +36,7 @@ class MaskDiTQuickstartPlan:
     vae_batch: int = 8
     vae_overrides: tuple[str, ...] = ()
     preset: str = "shapes32-quick"
-    kimg: float = 200.0         # ~3 100 steps of the 2.2x cheaper preset (see PLAN)
+    kimg: float = 260.0         # ~4 060 steps of the 2.2x cheaper preset (see PLAN)
     batch: int = 64
     tick_kimg: float = 4.0
     lr_rampdown: float = 0.3    # half-cosine lr ramp-down over the last 30 % of the run
