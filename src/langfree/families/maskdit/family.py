@@ -28,7 +28,8 @@ from langfree.families.maskdit.networks import denoiser_from_config
 from langfree.families.maskdit.sampler import edm_heun, seeded_noise
 from langfree.families.vae.latent_space import VAE_HINT, LatentSpace, load_vae
 
-SAMPLE_BATCH = 16  # images per denoiser batch when sampling (guidance doubles it)
+SAMPLE_BATCH = 64  # images per denoiser batch when sampling (guidance doubles it); 1.2x the
+# images/s of 16 on this CPU, the same images (each depends only on its seed)
 
 
 class MaskDiTFamily:
