@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 SIGMAS = {"sigma1.2": 1.2, "sigma0.6": 0.6, "sigma_clip": None, "sigma0": 0.0}
@@ -72,40 +71,28 @@ def _minutes(snapshot: Path) -> float:
     return last_tick(snapshot, {})["minutes"]
 
 
-def step_ratio(args, reps: int = 6, rounds: int = 3) -> float:
+def step_ratio(args, rounds: int = 3) -> float:
     """Seconds of a masked training step over an unmasked one, for the preset at ``--batch``
-    (network + EDM/MAE loss + backward + AdamW), alternated ``rounds`` times."""
+    (maskdit_speed's step: network + EDM/MAE loss + backward + AdamW), alternated ``rounds``
+    times."""
     import dataclasses
 
     import torch
 
     from langfree.config import apply_overrides
     from langfree.families.maskdit.config import MaskDiTConfig, preset
-    from langfree.families.maskdit.loss import maskdit_loss
     from langfree.families.maskdit.networks import denoiser_from_config
+    from maskdit_speed import step_time  # benchmarks/ is this script's directory
 
     base = apply_overrides(MaskDiTConfig, dataclasses.asdict(preset(args.preset)), list(args.set))
     torch.manual_seed(0)
     den = denoiser_from_config(base)
     opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
-    x = torch.randn(args.batch, base.latent_channels, base.latent_size, base.latent_size) * 0.5
-    c = torch.randn(args.batch, base.cond_dim)
-
-    def timed(ratio: float) -> float:
-        t = time.perf_counter()
-        for _ in range(reps):
-            loss, _ = maskdit_loss(den, x, c, mask_ratio=ratio)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return time.perf_counter() - t
-
-    timed(0.5), timed(0.0)  # warm-up
-    masked = unmasked = 0.0
+    times = {0.5: 0.0, 0.0: 0.0}
     for _ in range(rounds):
-        masked += timed(0.5)
-        unmasked += timed(0.0)
-    return masked / unmasked
+        for ratio in times:
+            times[ratio] += step_time(den, opt, args.batch, ratio, reps=6)
+    return times[0.5] / times[0.0]
 
 
 def train_variant(args, name: str, images: Path, captioned: Path | None, sigma_clip: float,
