@@ -73,13 +73,14 @@ def _minutes(snapshot: Path) -> float:
 
 def step_ratio(args, rounds: int = 3) -> float:
     """Seconds of a masked training step over an unmasked one, for the preset at ``--batch``
-    (maskdit_speed's step: network + EDM/MAE loss + backward + AdamW), alternated ``rounds``
-    times."""
+    (maskdit_speed's step: network + EDM/MAE loss + backward + the engine's AdamW),
+    alternated ``rounds`` times."""
     import dataclasses
 
     import torch
 
     from langfree.config import apply_overrides
+    from langfree.families.base import adam
     from langfree.families.maskdit.config import MaskDiTConfig, preset
     from langfree.families.maskdit.networks import denoiser_from_config
     from maskdit_speed import step_time  # benchmarks/ is this script's directory
@@ -87,7 +88,7 @@ def step_ratio(args, rounds: int = 3) -> float:
     base = apply_overrides(MaskDiTConfig, dataclasses.asdict(preset(args.preset)), list(args.set))
     torch.manual_seed(0)
     den = denoiser_from_config(base)
-    opt = torch.optim.AdamW(den.parameters(), lr=1e-4)
+    opt = adam(den.parameters(), lr=1e-4)  # the engine's optimiser
     times = {0.5: 0.0, 0.0: 0.0}
     for _ in range(rounds):
         for ratio in times:

@@ -19,6 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from langfree.families.base import adam
 from langfree.families.maskdit.convert import official_to_langfree
 from langfree.families.maskdit.loss import maskdit_loss
 from langfree.families.maskdit.networks import EDMDenoiser, MaskDiT
@@ -60,7 +61,8 @@ def main() -> None:
     y = F.normalize(torch.randn(args.batch, 512), dim=1)
     wrapped, loss_fn = Wrapped(ref), EDMLoss()
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4, weight_decay=0)
+    # each side's own optimiser: the official train.py's AdamW, langfree's engine's (fused) AdamW
+    opt_ours = adam(ours.parameters(), lr=1e-4, weight_decay=0)
 
     def step_official():
         loss = loss_fn(wrapped, x, y, mask_ratio=0.5, mae_loss_coef=0.1).mean()

@@ -120,7 +120,8 @@ class PatchEmbed(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]  # (N, T, D) with (N, D) per-sample affine
+    # x·(1 + scale) + shift in one pass over the activations (addcmul), not two
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])  # (N, T, D), (N, D) affine
 
 
 class Attention(nn.Module):
@@ -166,9 +167,9 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         mod = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 × (N, D)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod
-        x = x + gate_a[:, None] * self.attn(modulate(self.norm1(x), shift_a, scale_a))  # (N,T,D)
-        x = x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (N,T,D)
-        return x
+        # gated residuals x + g·f(x), each one addcmul (one pass over the activations)
+        x = torch.addcmul(x, gate_a[:, None], self.attn(modulate(self.norm1(x), shift_a, scale_a)))
+        return torch.addcmul(x, gate_m[:, None], self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
 
 
 class ModulatedLinear(nn.Module):
