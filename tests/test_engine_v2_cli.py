@@ -260,6 +260,26 @@ def test_eval_records_sample_options_in_results_and_rows(files, run):
     assert row["kimg"] == 0.032 and row["snapshot"] == "snapshot-000000.032"
 
 
+@pytest.mark.parametrize("family_batch, flag, expected", [(None, [], 32), (5, [], 5),
+                                                           (5, ["--batch", "3"], 3)])
+def test_eval_draws_in_the_familys_sample_batch(files, run, monkeypatch, family_batch, flag,
+                                                expected):
+    calls = []
+    original = tiny_family.TinyDenoiser.sample
+
+    def spy(self, conditions, seeds, options=None):
+        calls.append(len(seeds))
+        return original(self, conditions, seeds, options)
+
+    monkeypatch.setattr(tiny_family.TinyDenoiser, "sample", spy)
+    if family_batch is not None:
+        monkeypatch.setattr(tiny_family.TinyDenoiser, "sample_batch", family_batch, raising=False)
+    result = _invoke(_eval_app(), ["eval", run, "--metrics", "fid40_full", "--data",
+                                   files / "val.zip", "--no-write", *flag])
+    assert result.exit_code == 0, result.output
+    assert calls[0] == expected and sum(calls) == 40
+
+
 def test_eval_bad_sample_option_exit_2(files, run):
     result = _invoke(_eval_app(), ["eval", run, "--metrics", "fid8_full", "--data",
                                    files / "val.zip", "--sample", "noise_scale=9", "--no-write"])

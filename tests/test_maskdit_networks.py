@@ -11,9 +11,12 @@ from langfree.families.maskdit.networks import (
     MASKDIT_SIZES,
     DiTBlock,
     EDMDenoiser,
+    SHORT_ATTENTION,
     MaskDiT,
+    attention,
     build_network,
     denoiser_from_config,
+    gelu_tanh,
     official_parameter_count,
     random_mask,
     sincos_2d,
@@ -191,3 +194,24 @@ def test_official_state_dict_conversion_renames_and_checks_positions():
     official["model.pos_embed"] = official["model.pos_embed"] + 1
     with pytest.raises(ValueError, match="sin-cos"):
         official_to_langfree(official, den)
+
+
+def test_gelu_tanh_matches_pytorch_with_and_without_autograd():
+    x = torch.randn(4, 9, 33) * 4
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    with torch.no_grad():  # the sigmoid identity, in place on one new tensor
+        fast = gelu_tanh(x)
+    assert torch.allclose(fast, ref, atol=2e-6, rtol=0) and not torch.equal(x, fast)
+    xr = x.clone().requires_grad_()
+    gelu_tanh(xr).sum().backward()
+    xg = x.clone().requires_grad_()
+    ref_g = torch.nn.functional.gelu(xg, approximate="tanh")
+    ref_g.sum().backward()
+    assert torch.allclose(xr.grad, xg.grad)
+
+
+@pytest.mark.parametrize("tokens", [5, SHORT_ATTENTION, SHORT_ATTENTION + 1])
+def test_attention_equals_sdpa_on_both_paths(tokens):
+    q, k, v = torch.randn(3, 2, 3, tokens, 8).unbind(0)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.allclose(attention(q, k, v), ref, atol=1e-5)

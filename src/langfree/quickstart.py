@@ -379,6 +379,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
 
     from langfree.checkpoint import load_snapshot
     from langfree.encoders import load_encoder
+    from langfree.families.base import sample_batch
     from langfree.families.spec import resolve
     from langfree.metrics import compute_metrics
     from langfree.metrics.attributes import (
@@ -448,7 +449,8 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         return model.sample(conditions, seeds, options)
 
     results = compute_metrics(list(names.values()), generate, encoder, eval_zip,
-                              evaluator=evaluator, seed=plan.seed) if names else {}
+                              evaluator=evaluator, seed=plan.seed,
+                              batch=sample_batch(model)) if names else {}
     for result in results.values():
         result["sample_options"] = options_dict(options)
     skipped = {"value": None, "available": False,

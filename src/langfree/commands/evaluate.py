@@ -29,7 +29,8 @@ def evaluate(
     evaluator: Annotated[Path | None, typer.Option("--evaluator", help="Attribute evaluator dir (default: "
                                                    "<data>.attribute-evaluator beside the archive, trained "
                                                    "once).")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per generation / feature batch.")] = 32,
+    batch: Annotated[int | None, typer.Option("--batch", min=1, help="Images per generation / feature batch "
+                                              "(default: the family's, e.g. MaskDiT 64, else 32).")] = None,
     no_write: Annotated[bool, typer.Option("--no-write", help="Print only; do not append to metrics.jsonl.")] = False,
     sample: Annotated[list[str] | None, typer.Option("--sample", help="Sampling option of the family: "
                                                      "--sample key=value (repeatable); recorded in each result.")] = None,

@@ -181,6 +181,16 @@ class Family(Protocol):
 #   after_backward(phase, nets) -> None        nothing
 #   parameter_counts() -> dict[str, int]       trainable modules' sizes
 #   activation_bytes_per_image() -> int        memory check: bytes kept per training image
+#   sample_batch: int                          DEFAULT_SAMPLE_BATCH: images per ``sample`` call the
+#                                              family draws fastest (evaluation, the quickstart)
+
+
+DEFAULT_SAMPLE_BATCH = 32
+
+
+def sample_batch(family: Any) -> int:
+    """Images per ``sample`` call in evaluation: the family's ``sample_batch``, else 32."""
+    return int(getattr(family, "sample_batch", DEFAULT_SAMPLE_BATCH))
 
 
 def optional(family: Any, name: str, *args: Any, default: Any = None) -> Any:

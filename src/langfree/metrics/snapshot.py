@@ -63,16 +63,18 @@ def ensure_evaluator(evaluator_dir: str | os.PathLike | None, data: str | os.Pat
 def evaluate_snapshot(snapshot: str | os.PathLike, names: list[str] | str, data: str | os.PathLike,
                       *, encoder: Any = "auto", inception: str | None = None,
                       evaluator: AttributeEvaluator | str | None = None, num: int | None = None,
-                      seed: int = 0, batch: int = 32, device: str = "cpu", write: bool = True,
+                      seed: int = 0, batch: int | None = None, device: str = "cpu", write: bool = True,
                       sample: list[str] | dict | None = None, source: str = "eval",
                       log=None) -> dict:
     """Run ``names`` on the snapshot (or a run dir's latest) with the sampling options
     ``sample`` (``key=value`` strings or a dict; None = the family's defaults); returns
     ``{"snapshot", "family", "kimg", "data", "sample_options", "results": {name: result},
     "rows": [...]}`` where rows follow the one metrics.jsonl schema (metrics/records.py) and,
-    when ``write``, are appended to ``metrics_log_path(snapshot)``."""
+    when ``write``, are appended to ``metrics_log_path(snapshot)``. ``batch`` None: the
+    family's ``sample_batch``."""
     from langfree.checkpoint import load_snapshot, read_manifest, resolve_snapshot
     from langfree.data.archive import ImageArchive
+    from langfree.families.base import sample_batch
     from langfree.metrics.records import metric_rows
     from langfree.sampling.conditions import options_dict, parse_sample_options
 
@@ -92,7 +94,8 @@ def evaluate_snapshot(snapshot: str | os.PathLike, names: list[str] | str, data:
 
     results = compute_metrics(names, generate, family.encoder, reference, inception=inception,
                               evaluator=evaluator if isinstance(evaluator, AttributeEvaluator) else None,
-                              num=num, seed=seed, batch=batch, device=device)
+                              num=num, seed=seed, batch=batch or sample_batch(family),
+                              device=device)
     opts = options_dict(options)
     for result in results.values():
         result["sample_options"] = opts

@@ -36,6 +36,7 @@ class MaskDiTFamily:
     name = "maskdit"
     Config = MaskDiTConfig
     SampleOptions = MaskDiTSampleOptions
+    sample_batch = SAMPLE_BATCH
 
     def __init__(self, config: MaskDiTConfig, encoder: Any = None):
         self.config, self.encoder = config, encoder

@@ -124,6 +124,33 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])  # (N, T, D), (N, D) affine
 
 
+# Up to this many tokens, attention is two matrix products and a softmax: on this CPU PyTorch's
+# fused SDPA kernel is slower there (2 threads: 2.4x at 16 tokens and 1.5x at 64, forward and
+# backward; 1 thread: 1.1-1.3x); past it the fused kernel's memory and speed win.
+SHORT_ATTENTION = 64
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (N, H, T, d); no mask, no dropout (as MaskDiT's)."""
+    if q.shape[-2] > SHORT_ATTENTION:
+        return F.scaled_dot_product_attention(q, k, v)
+    return torch.matmul(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(-1), v)
+
+
+_GELU_A = 2 * math.sqrt(2 / math.pi)  # 0.5·(1 + tanh(u)) = sigmoid(2u), u = √(2/π)(x + 0.044715x³)
+_GELU_B = _GELU_A * 0.044715
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """DiT's tanh-approximate GELU. Without autograd it is x·sigmoid(2u), in place on one new
+    tensor: ~2x faster than PyTorch's tanh kernel on this CPU, the same values to 5e-7; with
+    autograd PyTorch's kernel (its fused backward beats the identity's)."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return F.gelu(x, approximate="tanh")
+    s = x * x
+    return s.mul_(_GELU_B).add_(_GELU_A).mul_(x).sigmoid_().mul_(x)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (fused qkv with bias, as timm's, so official weights load)."""
 
@@ -137,7 +164,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = rearrange(self.qkv(x), "n t (k h d) -> k n h t d", k=3, h=self.heads)  # (3,N,H,T,d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, H, T, d)
+        out = attention(qkv[0], qkv[1], qkv[2])  # (N, H, T, d)
         return self.proj(rearrange(out, "n h t d -> n t (h d)"))  # (N, T, D)
 
 
@@ -145,11 +172,10 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")  # DiT's choice
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))  # (N, T, D) -> (N, T, 4D) -> (N, T, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # GELU(tanh): DiT's choice
+        return self.fc2(gelu_tanh(self.fc1(x)))  # (N, T, D) -> (N, T, 4D) -> (N, T, D)
 
 
 class DiTBlock(nn.Module):
