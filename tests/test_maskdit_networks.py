@@ -9,9 +9,9 @@ import torch
 from langfree.families.maskdit.config import PRESETS, MaskDiTConfig
 from langfree.families.maskdit.networks import (
     MASKDIT_SIZES,
+    SHORT_ATTENTION,
     DiTBlock,
     EDMDenoiser,
-    SHORT_ATTENTION,
     MaskDiT,
     attention,
     build_network,
