@@ -114,28 +114,6 @@ def test_reconstruction_ceiling_scores_reconstructions_not_originals(lafite_smok
     assert flat["real"] == exact["real"] and flat["psnr"] < exact["psnr"]
 
 
-def test_metrics_split_across_two_processes_give_the_serial_figures(lafite_smoke):
-    """Stage 5 with 2 threads puts the attribute / diversity group in a second process; every
-    figure equals the one-process run's."""
-    from langfree.checkpoint import load_snapshot
-    from langfree.encoders import load_encoder
-    from langfree.metrics.attributes import load_attribute_evaluator
-    from langfree.quickstart import _evaluate
-
-    report = json.loads((lafite_smoke / "report.json").read_text())
-    encoder = load_encoder(str(lafite_smoke / "clip"))
-    model = load_snapshot(report["snapshot"], encoder=encoder)
-    evaluator = load_attribute_evaluator(lafite_smoke / "evaluator")
-    names = ["attribute_accuracy45", "fid32_full", "r_precision16", "diversity32"]
-    args = (names, model, Path(report["snapshot"]), encoder, lafite_smoke,
-            lafite_smoke / "data" / "eval.zip", evaluator, None, 0, 16)
-    serial, split = _evaluate(*args, threads=1), _evaluate(*args, threads=2)
-    assert list(split) == names and not (lafite_smoke / "metrics-second-core.json").exists()
-    for name in names:
-        assert split[name]["value"] == pytest.approx(serial[name]["value"], rel=1e-4, abs=1e-5)
-    assert split["attribute_accuracy45"]["shape"] == serial["attribute_accuracy45"]["shape"]
-
-
 def test_quickstart_unknown_family_says_which_exist(tmp_path):
     result = CliRunner().invoke(app, ["quickstart", "--family", "nope", "--outdir", str(tmp_path)])
     assert result.exit_code == 2

@@ -321,75 +321,6 @@ def _start_second_core(eval_zip: Path, evaluator_dir: Path, plan: QuickstartPlan
     return proc
 
 
-# Stage 5's metric groups by the samples they share (registry.py): each group is generated once.
-_SECOND_CORE_METRICS = ("attribute_accuracy", "diversity", "unprompted_coverage")  # ~1 970 samples
-# ... and the first core keeps FID / precision-recall / R-precision (2 000 samples, the reference
-# features).
-
-
-def _metrics_process(names: list[str], snapshot: str, encoder_dir: str, eval_zip: str,
-                     evaluator_dir: str, sample: dict, seed: int, batch: int, result: str) -> None:
-    """Stage 5's second process, one thread: its metric group, written to ``result`` (JSON)."""
-    import torch
-
-    from langfree.checkpoint import load_snapshot
-    from langfree.encoders import load_encoder
-    from langfree.metrics import compute_metrics
-    from langfree.metrics.attributes import load_attribute_evaluator
-    from langfree.sampling.conditions import parse_sample_options
-
-    torch.set_num_threads(1)
-    encoder = load_encoder(encoder_dir)
-    model = load_snapshot(snapshot, encoder=encoder)
-    options = parse_sample_options(model, dict(sample))
-    write_json(result, compute_metrics(names, lambda c, s: model.sample(c, s, options), encoder,
-                                       eval_zip, evaluator=load_attribute_evaluator(evaluator_dir),
-                                       seed=seed, batch=batch))
-
-
-def _evaluate(names: list[str], model: Any, snapshot: Path, encoder: Any, out: Path,
-              eval_zip: Path, evaluator: Any, options: Any, seed: int, batch: int,
-              threads: int) -> dict[str, dict]:
-    """Stage 5's metrics. With 2+ threads, the attribute / diversity group runs in a spawned
-    one-thread process beside FID / R-precision on one thread here: on this CPU two one-thread
-    samplers draw ~2x the images/s of one two-thread sampler (small matrices scale poorly across
-    threads). Every image depends only on its seed and row, so the figures are the serial ones
-    (up to the float rounding of a different thread count)."""
-    import multiprocessing
-
-    import torch
-
-    from langfree.metrics import compute_metrics
-    from langfree.metrics.registry import parse_metric
-    from langfree.sampling.conditions import options_dict
-
-    second = [n for n in names if parse_metric(n).kind in _SECOND_CORE_METRICS]
-    first = [n for n in names if n not in second]
-    if threads < 2 or not first or not second:
-        return compute_metrics(names, lambda c, s: model.sample(c, s, options), encoder,
-                               eval_zip, evaluator=evaluator, seed=seed, batch=batch)
-    result = out / "metrics-second-core.json"
-    result.unlink(missing_ok=True)
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_metrics_process, name="metrics-second-core",
-        args=(second, str(snapshot), str(out / "clip"), str(eval_zip), str(out / "evaluator"),
-              options_dict(options), seed, batch, str(result)))
-    proc.start()
-    torch.set_num_threads(1)
-    try:
-        results = compute_metrics(first, lambda c, s: model.sample(c, s, options), encoder,
-                                  eval_zip, evaluator=evaluator, seed=seed, batch=batch)
-    finally:
-        torch.set_num_threads(threads)
-        proc.join()
-    if proc.exitcode != 0 or not result.exists():
-        raise RuntimeError(f"the second core's metrics ({', '.join(second)}) failed "
-                           f"(exit {proc.exitcode}); see above")
-    results.update(json.loads(result.read_text()))
-    result.unlink()
-    return {n: results[n] for n in names}
-
-
 def _train_lafite(data: Path, test: Path, encoder_dir: Path, outdir: Path, plan: QuickstartPlan,
                   image_noise: float) -> Path:
     """Language-free LAFITE through the same call ``langfree train lafite`` makes; returns the
@@ -450,6 +381,7 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
     from langfree.encoders import load_encoder
     from langfree.families.base import sample_batch
     from langfree.families.spec import resolve
+    from langfree.metrics import compute_metrics
     from langfree.metrics.attributes import (
         load_attribute_evaluator,
     )
@@ -513,8 +445,12 @@ def run_quickstart(outdir: str | os.PathLike, plan: QuickstartPlan = QuickstartP
         names = {k: v for k, v in names.items() if k in ctx.metrics}
     options = parse_sample_options(model, dict(ctx.sample))  # {} = the family's defaults
 
-    results = _evaluate(list(names.values()), model, snapshot, encoder, out, eval_zip, evaluator,
-                        options, plan.seed, sample_batch(model), threads) if names else {}
+    def generate(conditions, seeds):
+        return model.sample(conditions, seeds, options)
+
+    results = compute_metrics(list(names.values()), generate, encoder, eval_zip,
+                              evaluator=evaluator, seed=plan.seed,
+                              batch=sample_batch(model)) if names else {}
     for result in results.values():
         result["sample_options"] = options_dict(options)
     skipped = {"value": None, "available": False,
