@@ -144,7 +144,7 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
 # factor 1.00"): 16.0 min (MaskDiT 8.4, metrics 2.5), colour 0.980, shape 0.834, size 0.923,
 # position 0.996; its snapshot sampled with Heun 14 | 12 | 10 steps (945 samples, guidance 3):
 # shape 0.834 | 0.829 | 0.811, all four 0.771 | 0.763 | 0.719. So PLAN samples with 12 steps and
-# trains 225 kimg (shape 0.789 at 200, 0.83 at 260) to fit 15 minutes.
+# trains 225 kimg (shape 0.789 at 200, 0.83 at 260): 15.0 and 15.2 min from a fresh clone (README).
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
