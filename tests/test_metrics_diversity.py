@@ -123,3 +123,30 @@ def test_registry_diversity_and_coverage_see_a_collapsed_generator(tmp_path):
     assert high["unprompted_coverage64"]["value"] >= 0.75
     assert high["unprompted_coverage64"]["classifier_accuracy_real"] >= 0.99
     assert low["diversity64"]["prompts"] >= 1   # ~5 reals per combination at 1 500
+
+
+def test_seed_groups_fill_batches_and_equal_one_image_at_a_time(tmp_path):
+    """The 16 seeds of many prompts go through ``generate`` ``batch`` rows at a time (not 16 per
+    call), and each image still depends only on its row and seed: batch 64 and batch 1 agree."""
+    from langfree.data.archive import ImageArchive
+    from langfree.data.shapes import write_shapes
+    from langfree.metrics import compute_metrics
+
+    ref = ImageArchive(write_shapes(tmp_path / "ref.zip", 1500, 32, seed=3), preload=True)
+    pool = ref.images(range(len(ref))).float() / 127.5 - 1
+    calls: list[int] = []
+
+    def rowwise(cond, seeds):                   # row r, seed s -> a real image shifted by row r
+        calls.append(len(seeds))
+        shift = cond.embeddings[:, :1, None, None] * 0.1
+        return (pool[torch.tensor(seeds) + 100] + shift).clamp(-1, 1)
+
+    names = ["diversity128", "unprompted_coverage128"]   # 8 prompts x 16 seeds
+    batched = compute_metrics(names, rowwise, _TextOnly(), ref, batch=64)
+    assert calls == [64, 64]
+    calls.clear()
+    single = compute_metrics(names, rowwise, _TextOnly(), ref, batch=1)
+    assert calls == [1] * 128
+    for name in names:
+        assert batched[name]["value"] == pytest.approx(single[name]["value"], abs=1e-9)
+    assert batched["diversity128"]["per_prompt"] == single["diversity128"]["per_prompt"]

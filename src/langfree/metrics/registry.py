@@ -44,6 +44,7 @@ from langfree.metrics.distribution import (
 )
 from langfree.metrics.extractors import FeatureExtractor, resolve_extractor
 from langfree.sampling.conditions import Conditions
+from langfree.sampling.generate import sample_grid
 
 # (Conditions rows, seeds) -> [B, 3, H, W] in [-1, 1] (langfree.sampling.conditions.Conditions)
 Generate = Callable[[Any, list[int]], torch.Tensor]
@@ -334,12 +335,13 @@ def _seed_groups(ctx: EvalContext, spec: MetricSpec) -> dict | str:
     prompts = balanced_prompts(count, ctx.seed, {k: list(ATTRIBUTES[k]) for k in JUDGED})
     seeds = [ctx.seed + s for s in range(SEEDS_PER_PROMPT)]
     cond = _encode_texts(ctx.encoder, [p for p, _ in prompts])                   # [P, D]
+    with torch.no_grad():  # prompts x seeds, ctx.batch rows per call (not one prompt per call)
+        fakes = sample_grid(ctx.generate, Conditions(prompts=[p for p, _ in prompts],
+                                                     embeddings=cond.to(ctx.device)),
+                            seeds, ctx.batch)                                    # [P, S, 3, H, W]
     groups = []
-    for (text, attrs), c in zip(prompts, cond):
-        with torch.no_grad():
-            rows = Conditions(prompts=[text] * len(seeds),
-                              embeddings=c[None].expand(len(seeds), -1).to(ctx.device))
-            fake = to_uint8(ctx.generate(rows, seeds))
+    for (text, attrs), fake in zip(prompts, fakes):
+        fake = to_uint8(fake)
         real_idx = by_combo.get(tuple(attrs[k] for k in JUDGED), [])[:SEEDS_PER_PROMPT]
         groups.append({"prompt": text, "fake": fake,
                        "real": ref.images(real_idx) if real_idx else None,

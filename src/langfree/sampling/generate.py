@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,20 @@ def parse_seeds(text: str) -> list[int]:
 def generate_grid(family: Any, conditions: Conditions, seeds: list[int], options: Any = None,
                   batch: int = 64) -> torch.Tensor:
     """[R, S, 3, H, W] in [-1, 1]: row r = condition r, column s = seed s."""
+    return sample_grid(lambda rows, row_seeds: family.sample(rows, row_seeds, options),
+                       conditions, seeds, batch)
+
+
+def sample_grid(sample: Callable[[Conditions, list[int]], torch.Tensor], conditions: Conditions,
+                seeds: list[int], batch: int = 64) -> torch.Tensor:
+    """``generate_grid`` for any ``sample(conditions, seeds) -> images`` callable: the R·S
+    (row, seed) pairs go through ``sample`` ``batch`` at a time, whatever R and S are (so 16 seeds
+    of many prompts fill batches of 64), and come back as [R, S, 3, H, W]."""
     R, S = len(conditions), len(seeds)
     rows = conditions.repeat_each(S)                                    # R·S rows
     all_seeds = list(seeds) * R
-    out = [family.sample(rows.select(range(i, min(i + batch, R * S))), all_seeds[i:i + batch],
-                         options) for i in range(0, R * S, batch)]
+    out = [sample(rows.select(range(i, min(i + batch, R * S))), all_seeds[i:i + batch])
+           for i in range(0, R * S, batch)]
     images = torch.cat(out)                                             # [R·S, 3, H, W]
     return images.view(R, S, *images.shape[1:])
 
