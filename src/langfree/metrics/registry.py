@@ -334,10 +334,10 @@ def _seed_groups(ctx: EvalContext, spec: MetricSpec) -> dict | str:
         by_combo.setdefault(tuple(a[k] for k in JUDGED), []).append(i)
     prompts = balanced_prompts(count, ctx.seed, {k: list(ATTRIBUTES[k]) for k in JUDGED})
     seeds = [ctx.seed + s for s in range(SEEDS_PER_PROMPT)]
-    cond = _encode_texts(ctx.encoder, [p for p, _ in prompts])                   # [P, D]
+    texts = [p for p, _ in prompts]
+    cond = _encode_texts(ctx.encoder, texts)                                     # [P, D]
     with torch.no_grad():  # prompts x seeds, ctx.batch rows per call (not one prompt per call)
-        fakes = sample_grid(ctx.generate, Conditions(prompts=[p for p, _ in prompts],
-                                                     embeddings=cond.to(ctx.device)),
+        fakes = sample_grid(ctx.generate, Conditions(prompts=texts, embeddings=cond.to(ctx.device)),
                             seeds, ctx.batch)                                    # [P, S, 3, H, W]
     groups = []
     for (text, attrs), fake in zip(prompts, fakes):
