@@ -36,7 +36,7 @@ class MaskDiTQuickstartPlan:
     vae_batch: int = 8
     vae_overrides: tuple[str, ...] = ()
     preset: str = "shapes32-quick"
-    kimg: float = 225.0         # ~3 520 steps of the 2.2x cheaper preset (see PLAN)
+    kimg: float = 160.0         # 2 500 steps of the 2.2x cheaper preset at EDM2 noise levels (PLAN)
     batch: int = 64
     tick_kimg: float = 4.0
     lr_rampdown: float = 0.3    # half-cosine lr ramp-down over the last 30 % of the run
@@ -145,6 +145,16 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
 # position 0.996; its snapshot sampled with Heun 14 | 12 | 10 steps (945 samples, guidance 3):
 # shape 0.834 | 0.829 | 0.811, all four 0.771 | 0.763 | 0.719. So PLAN samples with 12 steps and
 # trains 225 kimg (shape 0.789 at 200, 0.83 at 260): 15.0 and 15.2 min from a fresh clone (README).
+# Noise levels (2026-12-03, machine_peak "fp32 GEMM 107-116 ... fwd+bwd 99-124 -> slow kind;
+# factor 1.00"; two runs side by side at one thread each on a fresh-clone quickstart's data, VAE,
+# CLIP and evaluator; 945 samples, Heun 12, guidance 3; colour / shape / size / position):
+#   ln σ ~ N(-1.2, 1.2²) (EDM, the official MaskDiT's), 180 kimg   0.966 / 0.788 / 0.891 / 0.999
+#   N(-0.4, 1.0²) (EDM2's for latents), 180 kimg                  0.978 / 0.821 / 0.910 / 0.996,
+#                                                                diversity 0.951, coverage 0.914
+#     the same, 160 kimg (PLAN)                                   0.970 / 0.821 / 0.905 / 0.997
+#   N(0.0, 1.0²), 160 kimg                                        0.980 / 0.802 / 0.904 / 0.996
+# The 8x8 latent's object shape is decided at mid-to-high σ, where EDM's pixel-space setting puts
+# few of the steps; EDM2's reaches at 160 kimg what EDM's did at 225.
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
