@@ -155,6 +155,10 @@ def _vae_figures(snapshot: Path) -> dict[str, Any]:
 #   N(0.0, 1.0²), 160 kimg                                        0.980 / 0.802 / 0.904 / 0.996
 # The 8x8 latent's object shape is decided at mid-to-high σ, where EDM's pixel-space setting puts
 # few of the steps; EDM2's reaches at 160 kimg what EDM's did at 225.
+# PLAN from a fresh clone at 35663ab (2026-12-08, machine_peak "fp32 GEMM 347 ... amx True ->
+# fast kind; factor 2.20"): 7.7 min (17.0 scaled), colour 0.951, shape 0.786, size 0.870,
+# position 0.990, diversity 0.918, coverage 0.941; its snapshot with guidance 2 | 2.5 | 4: shape
+# 0.796 | 0.799 | 0.767 (945 samples, so +-0.013): guidance 2-3 are within the noise.
 PLAN = MaskDiTQuickstartPlan()
 # Seconds, for tests: tiny networks (the VAE keeps factor 4, so the latent shape is the preset's).
 SMOKE_PLAN = MaskDiTQuickstartPlan(
